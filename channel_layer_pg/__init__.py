@@ -1,0 +1,23 @@
+"""A PostgreSQL channel layer for Django Channels and any ASGI application."""
+
+from .errors import (
+    ChannelFull,
+    ChannelLayerError,
+    DatabaseUnreachableError,
+    DecryptionError,
+    LayerClosedError,
+    SchemaMissingError,
+)
+from .layer import PostgresChannelLayer
+from .migrate import migrate
+
+__all__ = [
+    "ChannelFull",
+    "ChannelLayerError",
+    "DatabaseUnreachableError",
+    "DecryptionError",
+    "LayerClosedError",
+    "PostgresChannelLayer",
+    "SchemaMissingError",
+    "migrate",
+]

@@ -1,0 +1,273 @@
+"""The layer's options: checked once, with errors that name the option at fault."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .naming import validate_group_name
+from .serialization import Codec, Encryptor, resolve_serializer
+
+URL_ENV_VAR = "CHANNEL_LAYER_PG_URL"
+
+# The database keys channels_postgres users write (Django's DATABASES style), so that moving to
+# this layer means changing BACKEND only.
+DJANGO_KEYS = ("ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT", "OPTIONS")
+# Keys of a Django DATABASES entry that mean nothing to a channel layer; accepted so that
+# CONFIG={**DATABASES["default"], ...} works, and ignored.
+DJANGO_IGNORED_KEYS = (
+    "ATOMIC_REQUESTS",
+    "AUTOCOMMIT",
+    "CONN_MAX_AGE",
+    "CONN_HEALTH_CHECKS",
+    "DISABLE_SERVER_SIDE_CURSORS",
+    "TIME_ZONE",
+    "TEST",
+    "PSYCOPG_OPTIONS",  # channels_postgres' psycopg pool settings; use pool_size instead
+)
+_POSTGRES_ENGINES = (
+    "django.db.backends.postgresql",
+    "django.db.backends.postgresql_psycopg2",
+    "django.contrib.gis.db.backends.postgis",
+)
+# Django OPTIONS for PostgreSQL that only make sense to Django's own connections.
+_IGNORED_DJANGO_OPTIONS = ("pool", "server_side_binding", "isolation_level", "assume_role")
+
+OPTION_NAMES = (
+    "url",
+    "engine",
+    "prefix",
+    "expiry",
+    "group_expiry",
+    "capacity",
+    "channel_capacity",
+    "symmetric_encryption_keys",
+    "serializer",
+    "pool_size",
+    "max_overflow",
+    "connect_timeout",
+)
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    url: URL | None
+    engine: Any  # AsyncEngine | None; Any keeps this module free of the asyncio extension
+    prefix: str
+    expiry: timedelta
+    group_expiry: timedelta | None
+    capacity: int
+    channel_capacity: tuple[tuple[re.Pattern[str], int], ...]
+    codec: Codec
+    pool_size: int
+    max_overflow: int
+    connect_timeout: float
+    connect_args: dict[str, Any] = field(default_factory=dict)
+
+    def capacity_for(self, channel: str) -> int:
+        for pattern, capacity in self.channel_capacity:
+            if pattern.match(channel):
+                return capacity
+        return self.capacity
+
+    @property
+    def safe_url(self) -> str:
+        """The database URL with its password hidden, for logs, reprs and error messages."""
+        url = self.url if self.url is not None else getattr(self.engine, "url", None)
+        return url.render_as_string(hide_password=True) if url is not None else "<unknown>"
+
+    @property
+    def host_and_port(self) -> str:
+        url = self.url if self.url is not None else getattr(self.engine, "url", None)
+        if url is None:
+            return "<unknown>"
+        return f"{url.host or 'local socket'}:{url.port or 5432}"
+
+
+def build_config(options: Mapping[str, Any]) -> LayerConfig:
+    """Check every option (a typo is an error naming it) and derive the layer's settings."""
+    _reject_unknown(options)
+    django = {key: options[key] for key in DJANGO_KEYS if key in options}
+    url, engine = options.get("url"), options.get("engine")
+    given = [name for name, value in (("url", url), ("engine", engine)) if value is not None]
+    if django:
+        given.append("the Django keys " + ", ".join(django))
+    if len(given) > 1:
+        raise ValueError(f"give the database one way, not several: got {' and '.join(given)}")
+
+    connect_args: dict[str, Any] = {}
+    if engine is not None:
+        _check_engine(engine)
+        database_url = None
+    elif django:
+        database_url, connect_args = _url_from_django(django)
+    else:
+        if url is None:
+            url = os.environ.get(URL_ENV_VAR)
+        if url is None:
+            raise ValueError(
+                "no database given: pass url='postgresql://user:password@host:port/db', the Django "
+                f"keys NAME/USER/PASSWORD/HOST/PORT, engine=<AsyncEngine>, or set {URL_ENV_VAR}"
+            )
+        database_url, connect_args = asyncpg_url(url)
+
+    keys = options.get("symmetric_encryption_keys")
+    if keys is not None and (isinstance(keys, (str, bytes)) or not hasattr(keys, "__iter__")):
+        raise TypeError("symmetric_encryption_keys must be a list of keys, not a single key")
+    codec = Codec(
+        resolve_serializer(options.get("serializer", "msgpack")),
+        Encryptor(keys) if keys else None,
+    )
+    group_expiry = _seconds("group_expiry", options.get("group_expiry", 86400), allow_zero=True)
+    return LayerConfig(
+        url=database_url,
+        engine=engine,
+        prefix=_prefix(options.get("prefix", "asgi")),
+        expiry=timedelta(seconds=_seconds("expiry", options.get("expiry", 60))),
+        group_expiry=timedelta(seconds=group_expiry) if group_expiry else None,
+        capacity=_positive_int("capacity", options.get("capacity", 100)),
+        channel_capacity=_channel_capacity(options.get("channel_capacity") or {}),
+        codec=codec,
+        pool_size=_positive_int("pool_size", options.get("pool_size", 10)),
+        max_overflow=_non_negative_int("max_overflow", options.get("max_overflow", 10)),
+        connect_timeout=_seconds("connect_timeout", options.get("connect_timeout", 10)),
+        connect_args=connect_args,
+    )
+
+
+def _reject_unknown(options: Mapping[str, Any]) -> None:
+    known = (*OPTION_NAMES, *DJANGO_KEYS, *DJANGO_IGNORED_KEYS)
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"unknown PostgresChannelLayer option {name!r}{hint}")
+
+
+def _check_engine(engine: object) -> None:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    if not isinstance(engine, AsyncEngine):
+        raise TypeError(f"engine must be a SQLAlchemy AsyncEngine, not {type(engine).__name__}")
+    if engine.dialect.driver != "asyncpg":
+        raise ValueError(
+            f"engine must use the asyncpg driver (postgresql+asyncpg://...), not {engine.dialect.driver!r}"
+        )
+
+
+def asyncpg_url(url: object) -> tuple[URL, dict[str, Any]]:
+    if not isinstance(url, (str, URL)):
+        raise TypeError(f"url must be a str or sqlalchemy URL, not {type(url).__name__}")
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(
+            "url is not a database URL; expected postgresql://user:password@host:port/db"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend not in ("postgresql", "postgres"):
+        raise ValueError(
+            f"url must point at PostgreSQL (postgresql://...), not {backend!r}: "
+            f"{parsed.render_as_string(hide_password=True)}"
+        )
+    connect_args: dict[str, Any] = {}
+    query = dict(parsed.query)
+    # libpq spells it sslmode; asyncpg calls the same setting ssl.
+    if "sslmode" in query:
+        connect_args["ssl"] = query.pop("sslmode")
+    return parsed.set(drivername="postgresql+asyncpg", query=query), connect_args
+
+
+def _url_from_django(django: Mapping[str, Any]) -> tuple[URL, dict[str, Any]]:
+    engine = django.get("ENGINE")
+    if engine is not None and engine not in _POSTGRES_ENGINES:
+        raise ValueError(f"ENGINE {engine!r} is not PostgreSQL; use one of {', '.join(_POSTGRES_ENGINES)}")
+    port = django.get("PORT") or None
+    try:
+        port_number = int(port) if port is not None else None
+    except ValueError:
+        raise ValueError(f"PORT must be a number, not {port!r}") from None
+    url = URL.create(
+        "postgresql+asyncpg",
+        username=django.get("USER") or None,
+        password=django.get("PASSWORD") or None,
+        host=django.get("HOST") or None,
+        port=port_number,
+        database=django.get("NAME") or None,
+    )
+    connect_args: dict[str, Any] = {}
+    server_settings: dict[str, str] = {}
+    for key, value in (django.get("OPTIONS") or {}).items():
+        if key == "sslmode":
+            connect_args["ssl"] = value
+        elif key == "connect_timeout":
+            connect_args["timeout"] = float(value)
+        elif key == "application_name":
+            server_settings["application_name"] = str(value)
+        elif key in _IGNORED_DJANGO_OPTIONS:
+            continue
+        else:
+            raise ValueError(
+                f"OPTIONS key {key!r} is not supported; supported: sslmode, connect_timeout, "
+                "application_name (or pass url= with asyncpg's own parameters)"
+            )
+    if server_settings:
+        connect_args["server_settings"] = server_settings
+    return url, connect_args
+
+
+def _prefix(value: object) -> str:
+    try:
+        return validate_group_name(value)
+    except TypeError as exc:
+        raise TypeError(str(exc).replace("group name", "prefix")) from None
+
+
+def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'zero or ' if allow_zero else ''}positive, not {value!r}")
+    return float(value)
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value!r}")
+    return value
+
+
+def _non_negative_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, not {value!r}")
+    return value
+
+
+def _channel_capacity(value: object) -> tuple[tuple[re.Pattern[str], int], ...]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"channel_capacity must be a dict of pattern to int, not {type(value).__name__}")
+    patterns = []
+    for pattern, capacity in value.items():
+        if isinstance(pattern, str):
+            compiled = re.compile(fnmatch.translate(pattern))
+        elif isinstance(pattern, re.Pattern):
+            compiled = pattern
+        else:
+            raise TypeError(
+                f"channel_capacity keys must be glob strings or compiled regexes, not {pattern!r}"
+            )
+        patterns.append((compiled, _positive_int(f"channel_capacity[{pattern!r}]", capacity)))
+    return tuple(patterns)

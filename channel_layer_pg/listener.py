@@ -1,0 +1,135 @@
+"""One LISTEN connection per layer and event loop, outside the pool, that wakes readers.
+
+NOTIFY carries no data here: the message table is the source of truth and a notification
+only says "look again". That makes a lost notification (the connection dropped, nobody was
+listening yet) cost latency, never a message: on reconnect every reader is woken to look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .config import LayerConfig
+from .database import translated_errors
+
+logger = logging.getLogger("channel_layer_pg")
+
+Wake = Callable[[], None]
+
+_BACKOFF_START = 0.1
+_BACKOFF_MAX = 5.0
+
+
+class Listener:
+    def __init__(self, engine: AsyncEngine, config: LayerConfig) -> None:
+        self._engine = engine
+        self._config = config
+        self._wakers: dict[str, set[Wake]] = {}
+        self._conn: AsyncConnection | None = None
+        self._driver: Any = None  # the asyncpg connection under self._conn
+        self._lock = asyncio.Lock()
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def subscribe(self, topic: str, wake: Wake) -> None:
+        """Call ``wake`` on every NOTIFY to ``topic``; LISTEN is in effect when this returns."""
+        async with self._lock:
+            await self._ensure_connected()
+            wakers = self._wakers.setdefault(topic, set())
+            if not wakers:
+                try:
+                    await self._driver.add_listener(topic, self._on_notify)
+                except BaseException:
+                    # A cancel here leaves no half-registered topic behind.
+                    del self._wakers[topic]
+                    raise
+            wakers.add(wake)
+
+    async def unsubscribe(self, topic: str, wake: Wake) -> None:
+        async with self._lock:
+            wakers = self._wakers.get(topic)
+            if wakers is None:
+                return
+            wakers.discard(wake)
+            if wakers:
+                return
+            del self._wakers[topic]
+            if self._driver is not None and not self._driver.is_closed():
+                try:
+                    await self._driver.remove_listener(topic, self._on_notify)
+                except Exception:  # the connection died meanwhile; its LISTENs died with it
+                    logger.debug("UNLISTEN %s failed; connection already gone", topic)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+            await asyncio.gather(self._reconnect_task, return_exceptions=True)
+        async with self._lock:
+            await self._drop_connection()
+        self._wakers.clear()
+
+    async def _ensure_connected(self) -> None:
+        if self._driver is not None and not self._driver.is_closed():
+            return
+        await self._drop_connection()
+        async with translated_errors(self._config):
+            conn = await self._engine.connect()
+            try:
+                raw = await conn.get_raw_connection()
+                driver: Any = raw.driver_connection
+                # Out of the pool for good: LISTEN is session state that must neither leak into
+                # another checkout nor be reset by the pool.
+                raw.detach()
+                driver.add_termination_listener(self._on_terminated)
+            except BaseException:
+                await conn.close()
+                raise
+        self._conn, self._driver = conn, driver
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn, self._driver = self._conn, None, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:
+                logger.debug("closing the listen connection failed", exc_info=True)
+
+    def _on_notify(self, _connection: Any, _pid: int, topic: str, _payload: str) -> None:
+        for wake in tuple(self._wakers.get(topic, ())):
+            wake()
+
+    def _on_terminated(self, _connection: Any) -> None:
+        if self._closed:
+            return
+        logger.warning("listen connection to %s lost; reconnecting", self._config.host_and_port)
+        self._driver = None
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = _BACKOFF_START
+        while not self._closed:
+            try:
+                async with self._lock:
+                    await self._ensure_connected()
+                    for topic in self._wakers:
+                        await self._driver.add_listener(topic, self._on_notify)
+            except Exception as exc:
+                logger.warning(
+                    "reconnecting the listen connection failed (%s); retrying in %.1f s", exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            logger.info("listen connection to %s restored", self._config.host_and_port)
+            break
+        # Whatever was sent while nobody listened is in the table: every reader looks again.
+        for wakers in tuple(self._wakers.values()):
+            for wake in tuple(wakers):
+                wake()

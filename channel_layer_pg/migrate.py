@@ -1,0 +1,78 @@
+"""Running the Alembic migrations from code and from the command line, installed or not."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+from .config import URL_ENV_VAR, asyncpg_url
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def migrations_directory() -> Path:
+    """The Alembic environment: inside the wheel, or ``migrations/`` of a source checkout."""
+    for candidate in (_PACKAGE / "_migrations", _PACKAGE.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError(f"the channel_layer_pg migrations are missing from {_PACKAGE}")
+
+
+def alembic_config(url: str | URL) -> object:
+    from alembic.config import Config
+
+    database_url, _ = asyncpg_url(url)
+    config = Config()
+    config.set_main_option("script_location", str(migrations_directory()))
+    # Kept as an attribute, not a main option: configparser would mangle '%' in passwords.
+    config.attributes["url"] = database_url
+    return config
+
+
+def migrate(url: str | URL, revision: str = "head") -> None:
+    """Bring the layer's tables at ``url`` to ``revision`` (``head`` by default).
+
+    Safe to call from inside a running event loop: Alembic runs in a thread of its own then.
+    """
+    from alembic import command
+
+    config = alembic_config(url)
+
+    def upgrade() -> None:
+        command.upgrade(config, revision)  # type: ignore[arg-type]
+
+    _outside_event_loop(upgrade)
+
+
+def downgrade(url: str | URL, revision: str = "base") -> None:
+    from alembic import command
+
+    config = alembic_config(url)
+    _outside_event_loop(lambda: command.downgrade(config, revision))  # type: ignore[arg-type]
+
+
+def _outside_event_loop(work: object) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        work()  # type: ignore[operator]
+        return
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()  # type: ignore[operator]
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="channel_layer_pg migrate")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+__all__ = ["URL_ENV_VAR", "alembic_config", "downgrade", "migrate", "migrations_directory"]

@@ -1,0 +1,57 @@
+"""Channel and group names: validation, the process-local split, and NOTIFY topics."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+MAX_NAME_LENGTH = 100  # the spec: names are shorter than 100 characters
+
+_CHANNEL_NAME = re.compile(r"[a-zA-Z\d\-_.]+(![\d\w\-_.]*)?")
+_GROUP_NAME = re.compile(r"[a-zA-Z\d\-_.]+")
+
+# LISTEN/NOTIFY channel names are identifiers of at most 63 bytes; a hash keeps every valid
+# channel name (and every prefix) inside that limit and free of anything that needs quoting.
+_TOPIC_PREFIX = "clpg_"
+
+
+def validate_channel_name(name: object) -> str:
+    """Return ``name`` if it is a valid channel name, else raise ``TypeError`` saying why."""
+    if not isinstance(name, str):
+        raise TypeError(f"channel name must be a str, not {type(name).__name__}: {name!r}")
+    if len(name) >= MAX_NAME_LENGTH:
+        raise TypeError(f"channel name must be shorter than {MAX_NAME_LENGTH} characters: {name!r}")
+    # fullmatch, not match with "$": "$" also matches before a trailing newline.
+    if not _CHANNEL_NAME.fullmatch(name):
+        raise TypeError(
+            f"invalid channel name {name!r}: use ASCII letters, digits, '-', '_' and '.', "
+            "optionally followed by '!' and a local part"
+        )
+    return name
+
+
+def validate_group_name(name: object) -> str:
+    """Return ``name`` if it is a valid group name, else raise ``TypeError`` saying why."""
+    if not isinstance(name, str):
+        raise TypeError(f"group name must be a str, not {type(name).__name__}: {name!r}")
+    if len(name) >= MAX_NAME_LENGTH:
+        raise TypeError(f"group name must be shorter than {MAX_NAME_LENGTH} characters: {name!r}")
+    if not _GROUP_NAME.fullmatch(name):
+        raise TypeError(f"invalid group name {name!r}: use ASCII letters, digits, '-', '_' and '.'")
+    return name
+
+
+def non_local_name(channel: str) -> str:
+    """The part of a channel that names its queue: up to and including ``!`` if there is one."""
+    bang = channel.find("!")
+    return channel if bang < 0 else channel[: bang + 1]
+
+
+def is_process_local(channel: str) -> bool:
+    return "!" in channel
+
+
+def topic_for(prefix: str, queue: str) -> str:
+    """The NOTIFY topic that wakes readers of ``queue`` under ``prefix``."""
+    digest = hashlib.blake2b(f"{prefix}:{queue}".encode(), digest_size=16).hexdigest()
+    return _TOPIC_PREFIX + digest

@@ -1,0 +1,202 @@
+"""Receiving from one queue: waiting receivers, a claim loop, and a small buffer.
+
+A queue is a normal channel, or the non-local part of this layer's process-local channels
+("specific.abc!"), so every process-local channel of a layer is served by one reader and one
+claiming statement. Rows are claimed only for channels that have a receiver waiting, at most
+as many as there are waiters, so the buffer holds only what a cancelled receiver left behind
+or the few rows a batch claimed beyond its channel's waiters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .listener import Listener
+
+logger = logging.getLogger("channel_layer_pg")
+
+# A safety net under NOTIFY: a reader with waiters looks at the table at least this often,
+# so even a wake-up lost to a broken connection costs seconds, never a stuck receive.
+POLL_INTERVAL = 5.0
+# How long a reader stays subscribed with nobody waiting before it UNLISTENs and ends.
+IDLE_LINGER = 30.0
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    channel: str
+    expires_at: datetime
+    payload: bytes
+
+
+Claim = Callable[[str, Sequence[str], int], Awaitable[Sequence[Claimed]]]
+
+
+class QueueReader:
+    def __init__(
+        self,
+        queue: str,
+        topic: str,
+        listener: Listener,
+        claim: Claim,
+        on_idle: Callable[[QueueReader], None],
+    ) -> None:
+        self.queue = queue
+        self._on_idle = on_idle
+        self._topic = topic
+        self._listener = listener
+        self._claim = claim
+        self._waiters: dict[str, deque[asyncio.Future[Claimed]]] = {}
+        self._buffers: dict[str, deque[Claimed]] = {}
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+
+    async def receive(self, channel: str) -> bytes:
+        """The payload of the next message for ``channel``; cancelling never loses one."""
+        buffered = self._pop_buffered(channel)
+        if buffered is not None:
+            return buffered
+        waiter: asyncio.Future[Claimed] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(channel, deque()).append(waiter)
+        self._ensure_running()
+        # A new waiter may want a channel the last claim did not ask for: look again.
+        self._wakeup.set()
+        try:
+            return (await waiter).payload
+        except asyncio.CancelledError:
+            self._remove_waiter(channel, waiter)
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # Delivered to us just as we were cancelled: it goes, first in line, to the
+                # next receive on this channel.
+                self._hand_back(waiter.result())
+            raise
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def fail_waiters(self, exc: BaseException) -> None:
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+        self._waiters.clear()
+
+    async def close(self, exc: BaseException) -> None:
+        self.fail_waiters(exc)
+        self._buffers.clear()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"channel_layer_pg reader {self.queue}"
+            )
+
+    async def _run(self) -> None:
+        while self._waiters:
+            # LISTEN before the first look at the table: a message committed after that
+            # look then always finds us listening.
+            try:
+                await self._listener.subscribe(self._topic, self.wake)
+            except Exception as exc:
+                self.fail_waiters(exc)
+                return
+            try:
+                await self._serve()
+            finally:
+                await self._listener.unsubscribe(self._topic, self.wake)
+            # No await between this check and the end of the task, so a receive that
+            # arrived during UNLISTEN is served by another round, never stranded.
+        if not self._buffers:
+            self._on_idle(self)
+
+    async def _serve(self) -> None:
+        """Claim for waiters until none has come for IDLE_LINGER seconds."""
+        while True:
+            if not self._waiters:
+                # Stay subscribed a while: a consumer calls receive again right after each
+                # message, and LISTEN/UNLISTEN per message would cost a round trip each.
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), IDLE_LINGER)
+                except asyncio.TimeoutError:
+                    if not self._waiters:
+                        return
+                continue
+            self._wakeup.clear()
+            wanted = {channel: len(waiters) for channel, waiters in self._waiters.items()}
+            try:
+                # Shielded: a claimed row exists only in this statement's result, so the
+                # statement must finish and its rows reach _dispatch even if we are cancelled.
+                rows = await asyncio.shield(self._claim(self.queue, list(wanted), sum(wanted.values())))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("claiming from %s failed: %s", self.queue, exc)
+                self.fail_waiters(exc)
+                continue
+            if rows:
+                self._dispatch(rows)
+                continue
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), POLL_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+
+    def _dispatch(self, rows: Sequence[Claimed]) -> None:
+        for row in sorted(rows, key=lambda r: r.id):
+            waiters = self._waiters.get(row.channel)
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(row)
+                    break
+            else:
+                self._buffers.setdefault(row.channel, deque()).append(row)
+            if waiters is not None and not waiters:
+                del self._waiters[row.channel]
+
+    def _hand_back(self, row: Claimed) -> None:
+        waiters = self._waiters.get(row.channel)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(row)
+                return
+        self._buffers.setdefault(row.channel, deque()).appendleft(row)
+
+    def _pop_buffered(self, channel: str) -> bytes | None:
+        buffer = self._buffers.get(channel)
+        now = datetime.now(timezone.utc)
+        while buffer:
+            row = buffer.popleft()
+            if row.expires_at > now:
+                if not buffer:
+                    del self._buffers[channel]
+                return row.payload
+        self._buffers.pop(channel, None)
+        return None
+
+    def _remove_waiter(self, channel: str, waiter: asyncio.Future[Any]) -> None:
+        waiters = self._waiters.get(channel)
+        if waiters is None:
+            return
+        try:
+            waiters.remove(waiter)
+        except ValueError:
+            pass
+        if not waiters:
+            del self._waiters[channel]
+
+    def clear_buffers(self) -> None:
+        self._buffers.clear()

@@ -1,0 +1,36 @@
+"""The layer's tables as SQLAlchemy Core definitions; Alembic migrations create them."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, DateTime, Identity, Index, LargeBinary, MetaData, Table, Text
+
+metadata = MetaData()
+
+VERSION_TABLE = "channel_layer_pg_alembic_version"  # ours, so the host app's Alembic history is untouched
+
+# One row per undelivered message. "queue" is what readers claim from and capacity counts:
+# the channel name itself, or for a process-local channel its non-local part ("x.abc!"), so
+# one process claims all its local traffic with one statement.
+message = Table(
+    "channel_layer_pg_message",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("prefix", Text, nullable=False),
+    Column("queue", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Index("channel_layer_pg_message_queue_idx", "prefix", "queue", "id"),
+    Index("channel_layer_pg_message_expires_idx", "expires_at"),
+)
+
+# Membership is unique per (prefix, group, channel): adding twice refreshes the expiry.
+group_member = Table(
+    "channel_layer_pg_group_member",
+    metadata,
+    Column("prefix", Text, primary_key=True),
+    Column("group_name", Text, primary_key=True),
+    Column("channel", Text, primary_key=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("channel_layer_pg_group_member_expires_idx", "expires_at"),
+)

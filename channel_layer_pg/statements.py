@@ -1,0 +1,209 @@
+"""The layer's SQL, built once as SQLAlchemy Core statements with bound parameters only.
+
+Every statement is a single autocommitted statement: PostgreSQL runs it atomically, so a
+cancelled caller leaves either all of it or none of it behind.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Interval,
+    LargeBinary,
+    Select,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from .schema import group_member, message
+
+_prefix = bindparam("prefix", type_=Text)
+_now = func.now()
+
+
+def _build_enqueue() -> Select[Any]:
+    """Insert one copy of a payload per target, skipping targets whose queue is full; NOTIFY.
+
+    Targets arrive as parallel arrays (queue, channel, capacity, topic), one element for send
+    and one per member for group_send. A target is inserted only while its queue's live rows
+    plus the targets before it for that same queue stay within its capacity, so one statement
+    never overfills a queue that several members share. Returns how many rows were inserted.
+    """
+    targets = (
+        func.unnest(
+            bindparam("queues", type_=ARRAY(Text)),
+            bindparam("channels", type_=ARRAY(Text)),
+            bindparam("capacities", type_=ARRAY(BigInteger)),
+            bindparam("topics", type_=ARRAY(Text)),
+        )
+        .table_valued("queue", "channel", "capacity", "topic", with_ordinality="ord")
+        .render_derived(with_types=False)
+        .alias("target")
+    )
+    candidate = select(
+        targets.c.queue,
+        targets.c.channel,
+        targets.c.capacity,
+        targets.c.topic,
+        targets.c.ord,
+        func.row_number().over(partition_by=targets.c.queue, order_by=targets.c.ord).label("position"),
+    ).cte("candidate")
+
+    live = (
+        select(literal(1))
+        .where(
+            message.c.prefix == _prefix,
+            message.c.queue == candidate.c.queue,
+            message.c.expires_at > _now,
+        )
+        .limit(candidate.c.capacity)
+        .correlate(candidate)
+        .subquery("live")
+    )
+    live_count = select(func.count()).select_from(live).scalar_subquery()
+
+    rows = (
+        select(
+            _prefix,
+            candidate.c.queue,
+            candidate.c.channel,
+            _now + bindparam("expiry", type_=Interval),
+            bindparam("payload", type_=LargeBinary),
+        )
+        .where(candidate.c.position + live_count <= candidate.c.capacity)
+        .order_by(candidate.c.ord)
+    )
+    inserted = (
+        insert(message)
+        .from_select(["prefix", "queue", "channel", "expires_at", "payload"], rows)
+        .returning(message.c.queue)
+        .cte("inserted")
+    )
+    woken = (
+        select(candidate.c.topic)
+        .distinct()
+        .where(candidate.c.queue.in_(select(inserted.c.queue)))
+        .subquery("woken")
+    )
+    notified = select(func.count(func.pg_notify(woken.c.topic, literal("")))).scalar_subquery()
+    return select(
+        select(func.count()).select_from(inserted).scalar_subquery().label("inserted"),
+        notified.label("notified"),
+    )
+
+
+ENQUEUE = _build_enqueue()
+
+# FOR UPDATE SKIP LOCKED lets concurrent readers of one queue claim disjoint rows; the DELETE
+# makes the claim and the removal one atomic step, so no message can reach two readers.
+_claimable = (
+    select(message.c.id)
+    .where(
+        message.c.prefix == _prefix,
+        message.c.queue == bindparam("queue", type_=Text),
+        message.c.channel == any_(bindparam("channels", type_=ARRAY(Text))),
+        message.c.expires_at > _now,
+    )
+    .order_by(message.c.id)
+    .limit(bindparam("limit", type_=BigInteger))
+    .with_for_update(skip_locked=True)
+)
+CLAIM = (
+    delete(message)
+    .where(message.c.id.in_(_claimable))
+    .returning(message.c.id, message.c.channel, message.c.expires_at, message.c.payload)
+)
+
+_member_expiry = bindparam("member_expires_at_interval", type_=Interval)
+_group_add_values = pg_insert(group_member).values(
+    prefix=_prefix,
+    group_name=bindparam("group", type_=Text),
+    channel=bindparam("channel", type_=Text),
+    expires_at=_now + _member_expiry,
+)
+GROUP_ADD = _group_add_values.on_conflict_do_update(
+    index_elements=[group_member.c.prefix, group_member.c.group_name, group_member.c.channel],
+    set_={"expires_at": _group_add_values.excluded.expires_at},
+)
+# group_expiry=0 means memberships never lapse.
+GROUP_ADD_FOREVER = (
+    pg_insert(group_member)
+    .values(
+        prefix=_prefix,
+        group_name=bindparam("group", type_=Text),
+        channel=bindparam("channel", type_=Text),
+        expires_at=literal_column("'infinity'::timestamptz"),
+    )
+    .on_conflict_do_update(
+        index_elements=[group_member.c.prefix, group_member.c.group_name, group_member.c.channel],
+        set_={"expires_at": literal_column("'infinity'::timestamptz")},
+    )
+)
+
+GROUP_DISCARD = delete(group_member).where(
+    group_member.c.prefix == _prefix,
+    group_member.c.group_name == bindparam("group", type_=Text),
+    group_member.c.channel == bindparam("channel", type_=Text),
+)
+
+GROUP_MEMBERS = (
+    select(group_member.c.channel)
+    .where(
+        group_member.c.prefix == _prefix,
+        group_member.c.group_name == bindparam("group", type_=Text),
+        group_member.c.expires_at > _now,
+    )
+    .order_by(group_member.c.channel)
+)
+
+FLUSH_MESSAGES = delete(message).where(message.c.prefix == _prefix)
+FLUSH_GROUPS = delete(group_member).where(group_member.c.prefix == _prefix)
+
+# Cleanup works in bounded batches so no statement holds many row locks or runs long.
+_expired_messages = (
+    select(message.c.id)
+    .where(message.c.expires_at <= _now)
+    .limit(bindparam("batch", type_=BigInteger))
+    .with_for_update(skip_locked=True)
+)
+DELETE_EXPIRED_MESSAGES = delete(message).where(message.c.id.in_(_expired_messages))
+
+_lapsed_members = (
+    select(group_member.c.prefix, group_member.c.group_name, group_member.c.channel)
+    .where(group_member.c.expires_at <= _now)
+    .limit(bindparam("batch", type_=BigInteger))
+    .with_for_update(skip_locked=True)
+    .subquery("lapsed")
+)
+DELETE_LAPSED_MEMBERS = delete(group_member).where(
+    and_(
+        group_member.c.prefix == _lapsed_members.c.prefix,
+        group_member.c.group_name == _lapsed_members.c.group_name,
+        group_member.c.channel == _lapsed_members.c.channel,
+    )
+)
+
+__all__ = [
+    "CLAIM",
+    "DELETE_EXPIRED_MESSAGES",
+    "DELETE_LAPSED_MEMBERS",
+    "ENQUEUE",
+    "FLUSH_GROUPS",
+    "FLUSH_MESSAGES",
+    "GROUP_ADD",
+    "GROUP_ADD_FOREVER",
+    "GROUP_DISCARD",
+    "GROUP_MEMBERS",
+]

@@ -1,0 +1,64 @@
+"""Alembic environment for channel_layer_pg's own tables.
+
+The URL comes from (first found): the caller's Config (``python -m channel_layer_pg migrate``),
+``alembic -x url=...``, or the CHANNEL_LAYER_PG_URL environment variable. The version table is
+our own, so an application's Alembic history in the same database is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy import pool
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from channel_layer_pg.config import URL_ENV_VAR, asyncpg_url
+from channel_layer_pg.schema import VERSION_TABLE, metadata
+
+config = context.config
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+
+def _url() -> object:
+    url = config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url")
+    url = url or os.environ.get(URL_ENV_VAR)
+    if not url:
+        raise SystemExit(f"no database URL: pass -x url=postgresql://... or set {URL_ENV_VAR}")
+    return asyncpg_url(url)[0]
+
+
+def _configure(**options: object) -> None:
+    context.configure(target_metadata=metadata, version_table=VERSION_TABLE, **options)
+
+
+def run_migrations_offline() -> None:
+    _configure(url=_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _run_sync(connection: Connection) -> None:
+    _configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_online() -> None:
+    engine = create_async_engine(_url(), poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_run_sync)
+            await connection.commit()
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    asyncio.run(_run_online())
