@@ -156,6 +156,10 @@ class PostgresChannelLayer:
         for each in self._backends.values():
             each.clear_buffers()
 
+    async def delete_expired(self) -> int:
+        """Remove expired messages and lapsed memberships now; the layer also does so every 30 s."""
+        return await self._backend().delete_expired()
+
     async def close(self) -> None:
         """Release connections and end pending receives with LayerClosedError; idempotent."""
         if self._closed:

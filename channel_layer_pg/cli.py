@@ -1,0 +1,126 @@
+"""The ``channel-layer-pg`` command, also run as ``python -m channel_layer_pg``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from alembic.util import CommandError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from .config import URL_ENV_VAR
+from .demo import DemoError, run_demo, run_worker
+from .errors import ChannelLayerError
+from .migrate import migrate
+
+PROG = "channel-layer-pg"
+
+# Failures the user can act on from their message alone get one line; any other exception is
+# a bug and keeps its traceback.
+_USER_ERRORS = (
+    ChannelLayerError,
+    DemoError,
+    SQLAlchemyError,
+    CommandError,
+    OSError,
+    ValueError,
+    asyncio.TimeoutError,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)-5.5s [%(name)s] %(message)s", stream=sys.stderr
+    )
+    if args.command == "migrate":
+        # The "Running upgrade ..." lines the alembic command shows; in the demo they are noise.
+        logging.getLogger("alembic").setLevel(logging.INFO)
+    try:
+        if args.command == "migrate":
+            return _migrate(args.url, args.revision)
+        if args.command == "demo":
+            return run_demo(args.url, args.messages)
+        url = _url(args.url, args.command)
+        return run_worker(url, args.prefix) if url else 2
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except _USER_ERRORS as exc:
+        print(f"{PROG} {args.command}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _migrate(given: str | None, revision: str) -> int:
+    url = _url(given, "migrate")
+    if not url:
+        return 2
+    safe = make_url(url).render_as_string(hide_password=True)
+    try:
+        migrate(url, revision)
+    except (OSError, SQLAlchemyError, asyncio.TimeoutError) as exc:
+        # The driver's message alone ("Connect call failed") does not say which database.
+        print(f"{PROG} migrate: cannot migrate {safe}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    print(f"migrated {safe} to {revision}")
+    return 0
+
+
+def _url(given: str | None, command: str) -> str | None:
+    url = given or os.environ.get(URL_ENV_VAR)
+    if not url:
+        print(
+            f"{PROG} {command}: no database URL: pass --url postgresql://user:password@host:port/db "
+            f"or set {URL_ENV_VAR}",
+            file=sys.stderr,
+        )
+    return url
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        # SQLAlchemy's own text wraps the driver's in the SQL and a documentation link.
+        exc = exc.orig
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="A PostgreSQL channel layer for ASGI.")
+    # The metavar lists the public commands only, so demo-worker stays out of --help.
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{migrate,demo}")
+
+    migrate_parser = commands.add_parser(
+        "migrate", help="create or upgrade the layer's tables", description="Run the layer's migrations."
+    )
+    migrate_parser.add_argument("--url", help=f"the database (default: ${URL_ENV_VAR})")
+    migrate_parser.add_argument("--revision", default="head", help="target revision (default: head)")
+
+    demo_parser = commands.add_parser(
+        "demo",
+        help="watch two processes talk through PostgreSQL",
+        description="Request/reply and a group send between this process and a worker process.",
+    )
+    demo_parser.add_argument("--url", help="the database (default: a throwaway embedded PostgreSQL)")
+    demo_parser.add_argument(
+        "--messages", type=_positive, default=200, help="how many pings to time (default: 200)"
+    )
+
+    worker_parser = commands.add_parser("demo-worker", help=argparse.SUPPRESS)
+    worker_parser.add_argument("--url", help=f"the database (default: ${URL_ENV_VAR})")
+    worker_parser.add_argument("--prefix", required=True)
+    return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value

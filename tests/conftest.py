@@ -1,0 +1,99 @@
+"""A real PostgreSQL for every test: CHANNEL_LAYER_PG_TEST_URL, or an embedded server.
+
+The schema is migrated once per session. Each test gets its own layer prefix, so tests never
+see each other's messages, and every layer a test makes is closed when it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from channel_layer_pg import PostgresChannelLayer, migrate
+from channel_layer_pg.embedded import embedded_postgres
+
+TEST_URL_VAR = "CHANNEL_LAYER_PG_TEST_URL"
+
+LayerFactory = Callable[..., PostgresChannelLayer]
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    url = os.environ.get(TEST_URL_VAR)
+    if url:
+        migrate(url)
+        yield url
+        return
+    with embedded_postgres() as embedded_url:
+        migrate(embedded_url)
+        yield embedded_url
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def make_layer(database_url: str, prefix: str) -> AsyncIterator[LayerFactory]:
+    """Make layers on the test database (same prefix unless given); all closed afterwards."""
+    layers: list[PostgresChannelLayer] = []
+
+    def make(**options: Any) -> PostgresChannelLayer:
+        options.setdefault("url", database_url)
+        options.setdefault("prefix", prefix)
+        layer = PostgresChannelLayer(**options)
+        layers.append(layer)
+        return layer
+
+    yield make
+    for layer in layers:
+        await layer.close()
+
+
+@pytest.fixture
+async def layer(make_layer: LayerFactory) -> PostgresChannelLayer:
+    return make_layer()
+
+
+@pytest.fixture
+async def sql(database_url: str) -> AsyncIterator[Callable[..., Awaitable[list[asyncpg.Record]]]]:
+    """Run raw SQL against the test database, to look at or age what the layer stored."""
+    conn = await connect(database_url)
+
+    async def run(query: str, *args: Any) -> list[asyncpg.Record]:
+        return await conn.fetch(query, *args)
+
+    yield run
+    await conn.close()
+
+
+@pytest.fixture
+async def empty_database_url(database_url: str) -> AsyncIterator[str]:
+    """A database on the same server that has no schema at all; dropped afterwards."""
+    name = f"clpg_empty_{uuid.uuid4().hex[:8]}"
+    admin = await connect(database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def connect(url: str) -> asyncpg.Connection:
+    """A plain asyncpg connection to a URL in any of the forms the tests use."""
+    parsed = make_url(url)
+    return await asyncpg.connect(
+        user=parsed.username,
+        password=parsed.password or None,
+        host=parsed.query.get("host") or parsed.host,
+        port=parsed.port,
+        database=parsed.database,
+    )

@@ -1,0 +1,37 @@
+"""A missing schema or an unreachable database gives an error a user can act on."""
+
+from __future__ import annotations
+
+import pytest
+
+from channel_layer_pg import DatabaseUnreachableError, PostgresChannelLayer, SchemaMissingError
+
+
+async def test_a_missing_schema_names_the_command_that_creates_it(empty_database_url: str) -> None:
+    layer = PostgresChannelLayer(url=empty_database_url)
+    try:
+        with pytest.raises(SchemaMissingError, match="channel_layer_pg migrate"):
+            await layer.send("test.x", {"type": "x"})
+        with pytest.raises(SchemaMissingError, match="do not exist"):
+            await layer.check()
+    finally:
+        await layer.close()
+
+
+async def test_an_unreachable_database_names_host_and_port() -> None:
+    # Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    layer = PostgresChannelLayer(url="postgresql://someone:hunter2@127.0.0.1:1/db", connect_timeout=5)
+    try:
+        with pytest.raises(DatabaseUnreachableError, match=r"127\.0\.0\.1:1") as caught:
+            await layer.send("test.x", {"type": "x"})
+        assert "hunter2" not in str(caught.value)
+        with pytest.raises(DatabaseUnreachableError, match=r"127\.0\.0\.1:1"):
+            await layer.receive("test.x")
+    finally:
+        await layer.close()
+
+
+async def test_async_with_checks_the_database_on_entry(empty_database_url: str) -> None:
+    with pytest.raises(SchemaMissingError):
+        async with PostgresChannelLayer(url=empty_database_url):
+            pass  # pragma: no cover - never reached

@@ -1,0 +1,84 @@
+"""Groups and flush."""
+
+from __future__ import annotations
+
+import asyncio
+
+from channel_layer_pg import PostgresChannelLayer
+from tests.helpers import LayerFactory, Sql, nothing_arrives, receive
+
+
+async def test_group_send_reaches_every_member(layer: PostgresChannelLayer) -> None:
+    local = await layer.new_channel()
+    for channel in ("test.one", "test.two", local):
+        await layer.group_add("room", channel)
+    await layer.group_send("room", {"type": "hello"})
+    for channel in ("test.one", "test.two", local):
+        assert await receive(layer, channel) == {"type": "hello"}
+
+
+async def test_adding_a_channel_twice_delivers_once(layer: PostgresChannelLayer) -> None:
+    await layer.group_add("room", "test.twice")
+    await layer.group_add("room", "test.twice")
+    await layer.group_send("room", {"type": "once"})
+    assert await receive(layer, "test.twice") == {"type": "once"}
+    assert await nothing_arrives(layer, "test.twice")
+
+
+async def test_group_discard_stops_delivery_and_tolerates_absent_members(layer: PostgresChannelLayer) -> None:
+    await layer.group_add("room", "test.leaver")
+    await layer.group_discard("room", "test.leaver")
+    await layer.group_discard("room", "test.leaver")
+    await layer.group_discard("never-existed", "test.nobody")
+    await layer.group_send("room", {"type": "gone"})
+    assert await nothing_arrives(layer, "test.leaver")
+
+
+async def test_group_send_to_an_empty_group_does_nothing(layer: PostgresChannelLayer) -> None:
+    await layer.group_send("empty", {"type": "nobody hears"})
+
+
+async def test_a_99_character_group_name_works(layer: PostgresChannelLayer) -> None:
+    group = "g" * 99
+    await layer.group_add(group, "test.long-group")
+    await layer.group_send(group, {"type": "long"})
+    assert await receive(layer, "test.long-group") == {"type": "long"}
+
+
+async def test_groups_span_layer_instances(make_layer: LayerFactory) -> None:
+    first, second = make_layer(), make_layer()
+    first_channel, second_channel = await first.new_channel(), await second.new_channel()
+    await first.group_add("shared", first_channel)
+    await second.group_add("shared", second_channel)
+    await first.group_send("shared", {"type": "to both"})
+    got = await asyncio.gather(receive(first, first_channel), receive(second, second_channel))
+    assert got == [{"type": "to both"}, {"type": "to both"}]
+
+
+async def test_flush_empties_this_prefix_and_leaves_others_alone(
+    make_layer: LayerFactory, prefix: str, sql: Sql
+) -> None:
+    mine, theirs = make_layer(), make_layer(prefix=f"{prefix}.other")
+    for layer in (mine, theirs):
+        await layer.send("test.flush", {"type": "queued"})
+        await layer.group_add("room", "test.flush-member")
+    await mine.flush()
+    counts = await sql(
+        "SELECT prefix, count(*) AS n FROM ("
+        " SELECT prefix FROM channel_layer_pg_message UNION ALL"
+        " SELECT prefix FROM channel_layer_pg_group_member) rows"
+        " WHERE prefix IN ($1, $2) GROUP BY prefix",
+        mine.prefix,
+        theirs.prefix,
+    )
+    assert {row["prefix"]: row["n"] for row in counts} == {theirs.prefix: 2}
+    assert await receive(theirs, "test.flush") == {"type": "queued"}
+
+
+async def test_flush_drops_messages_claimed_but_not_yet_received(layer: PostgresChannelLayer) -> None:
+    await layer.send("test.claimed", {"type": "one"})
+    await layer.send("test.claimed", {"type": "two"})
+    receiving = asyncio.create_task(layer.receive("test.claimed"))
+    assert await asyncio.wait_for(receiving, 10) == {"type": "one"}
+    await layer.flush()
+    assert await nothing_arrives(layer, "test.claimed")

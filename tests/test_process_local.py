@@ -1,0 +1,67 @@
+"""Process-local channels: names only their layer instance may receive on."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from channel_layer_pg import ChannelFull, PostgresChannelLayer
+from tests.helpers import TIMEOUT, LayerFactory, receive
+
+
+async def test_new_channel_names_hold_prefix_client_and_a_random_part(layer: PostgresChannelLayer) -> None:
+    first, second = await layer.new_channel(), await layer.new_channel("other")
+    assert re.fullmatch(rf"specific\.{layer.client_prefix}![0-9a-f]+", first)
+    assert second.startswith(f"other.{layer.client_prefix}!")
+    assert first != await layer.new_channel()
+
+
+async def test_new_channel_rejects_a_prefix_that_makes_an_invalid_name(layer: PostgresChannelLayer) -> None:
+    with pytest.raises(TypeError, match="new_channel prefix"):
+        await layer.new_channel("bad prefix")
+
+
+async def test_a_process_local_channel_receives_what_is_sent_to_it(make_layer: LayerFactory) -> None:
+    owner, sender = make_layer(), make_layer()
+    channel = await owner.new_channel()
+    await sender.send(channel, {"type": "direct"})
+    assert await receive(owner, channel) == {"type": "direct"}
+
+
+async def test_receiving_on_another_instances_channel_is_an_error(make_layer: LayerFactory) -> None:
+    owner, other = make_layer(), make_layer()
+    channel = await owner.new_channel()
+    with pytest.raises(ValueError, match="another layer instance"):
+        await other.receive(channel)
+
+
+async def test_local_channels_of_one_instance_are_delivered_separately(layer: PostgresChannelLayer) -> None:
+    channels = [await layer.new_channel() for _ in range(5)]
+    for n, channel in enumerate(channels):
+        await layer.send(channel, {"type": "n", "n": n})
+    got = await asyncio.wait_for(asyncio.gather(*(layer.receive(c) for c in reversed(channels))), TIMEOUT)
+    assert [message["n"] for message in got] == [4, 3, 2, 1, 0]
+
+
+async def test_capacity_counts_the_non_local_part(make_layer: LayerFactory) -> None:
+    layer = make_layer(capacity=3)
+    channels = [await layer.new_channel() for _ in range(4)]
+    for channel in channels[:3]:
+        await layer.send(channel, {"type": "fill"})
+    with pytest.raises(ChannelFull):
+        await layer.send(channels[3], {"type": "one too many"})
+    await receive(layer, channels[0])
+    await layer.send(channels[3], {"type": "room again"})
+    assert await receive(layer, channels[3]) == {"type": "room again"}
+
+
+async def test_many_waiting_local_receivers_all_get_their_message(layer: PostgresChannelLayer) -> None:
+    channels = [await layer.new_channel() for _ in range(100)]
+    waiting = [asyncio.create_task(layer.receive(channel)) for channel in channels]
+    await asyncio.sleep(0)
+    for n, channel in enumerate(channels):
+        await layer.send(channel, {"type": "n", "n": n})
+    got = await asyncio.wait_for(asyncio.gather(*waiting), TIMEOUT)
+    assert [message["n"] for message in got] == list(range(100))
