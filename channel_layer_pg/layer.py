@@ -5,17 +5,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import select
 
 from . import statements
 from .backend import LoopBackend
+from .buffer import Claimed, ClaimedBuffer
 from .config import build_config
 from .errors import ChannelFull, LayerClosedError
+from .iothread import IoThread
 from .naming import non_local_name, validate_channel_name, validate_group_name
 from .schema import message as message_table
+
+T = TypeVar("T")
+Operation = Callable[[LoopBackend], Coroutine[Any, Any, T]]
 
 logger = logging.getLogger("channel_layer_pg")
 
@@ -40,7 +47,12 @@ class PostgresChannelLayer:
         self.capacity = self._config.capacity
         # Names this instance alone may receive on end their non-local part with this.
         self.client_prefix = secrets.token_hex(6)
-        self._backends: dict[asyncio.AbstractEventLoop, LoopBackend] = {}
+        # The application's main loop is served directly; every other loop (async_to_sync's
+        # per-call loops, loops in worker threads) through the layer's own I/O thread.
+        self._home: tuple[asyncio.AbstractEventLoop, LoopBackend] | None = None
+        self._buffer = ClaimedBuffer()
+        self._io = IoThread(name=f"channel_layer_pg-{self.client_prefix}")
+        self._io_backend: LoopBackend | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -60,7 +72,7 @@ class PostgresChannelLayer:
 
     async def check(self) -> None:
         """Fail now, with a clear error, if the database is unreachable or has no schema."""
-        await self._backend().execute(select(message_table.c.id).limit(0), {})
+        await self._call(lambda backend: backend.execute(select(message_table.c.id).limit(0), {}))
 
     # -- channels ---------------------------------------------------------------------------
 
@@ -78,7 +90,8 @@ class PostgresChannelLayer:
         validate_channel_name(channel)
         payload = self._config.codec.encode(message)
         capacity = self._config.capacity_for(channel)
-        stored = await self._backend().enqueue(payload, [(non_local_name(channel), channel, capacity)])
+        target = (non_local_name(channel), channel, capacity)
+        stored = await self._call(lambda backend: backend.enqueue(payload, [target]))
         if not stored:
             raise ChannelFull(f"channel {channel!r} is full: it holds {capacity} unexpired messages")
 
@@ -95,8 +108,8 @@ class PostgresChannelLayer:
                 f"{channel!r} is a process-local channel of another layer instance; "
                 "only the instance whose new_channel() made it can receive on it"
             )
-        payload = await self._backend().receive(queue, channel)
-        return self._config.codec.decode(payload)
+        row = await self._receive(queue, channel)
+        return self._config.codec.decode(row.payload)
 
     # -- groups -----------------------------------------------------------------------------
 
@@ -109,56 +122,55 @@ class PostgresChannelLayer:
         else:
             statement = statements.GROUP_ADD
             extra = {"member_expires_at_interval": self._config.group_expiry}
-        await self._backend().execute(
-            statement, {"prefix": self.prefix, "group": group, "channel": channel, **extra}
-        )
+        parameters = {"prefix": self.prefix, "group": group, "channel": channel, **extra}
+        await self._call(lambda backend: backend.execute(statement, parameters))
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove ``channel`` from ``group``; removing a channel that is not there is fine."""
         validate_group_name(group)
         validate_channel_name(channel)
-        await self._backend().execute(
-            statements.GROUP_DISCARD, {"prefix": self.prefix, "group": group, "channel": channel}
-        )
+        parameters = {"prefix": self.prefix, "group": group, "channel": channel}
+        await self._call(lambda backend: backend.execute(statements.GROUP_DISCARD, parameters))
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         """Send ``message`` to every member of ``group``; full members are skipped, not raised."""
         validate_group_name(group)
         payload = self._config.codec.encode(message)
-        backend = self._backend()
-        members = [
-            row.channel
-            for row in await backend.execute(
-                statements.GROUP_MEMBERS, {"prefix": self.prefix, "group": group}
-            )
-        ]
-        if not members:
-            return
-        targets = [
-            (non_local_name(channel), channel, self._config.capacity_for(channel)) for channel in members
-        ]
-        stored = await backend.enqueue(payload, targets)
-        if stored < len(targets):
+        parameters = {"prefix": self.prefix, "group": group}
+
+        async def fan_out(backend: LoopBackend) -> tuple[int, int]:
+            rows = await backend.execute(statements.GROUP_MEMBERS, parameters)
+            targets = [
+                (non_local_name(row.channel), row.channel, self._config.capacity_for(row.channel))
+                for row in rows
+            ]
+            return (await backend.enqueue(payload, targets) if targets else 0), len(targets)
+
+        stored, members = await self._call(fan_out)
+        if stored < members:
             logger.info(
                 "group_send to %r skipped %d of %d members: their channels are full",
                 group,
-                len(targets) - stored,
-                len(targets),
+                members - stored,
+                members,
             )
 
     # -- flush and lifecycle ----------------------------------------------------------------
 
     async def flush(self) -> None:
         """Delete every message and group membership under this layer's prefix."""
-        backend = self._backend()
-        await backend.execute(statements.FLUSH_MESSAGES, {"prefix": self.prefix})
-        await backend.execute(statements.FLUSH_GROUPS, {"prefix": self.prefix})
-        for each in self._backends.values():
-            each.clear_buffers()
+
+        async def delete_all(backend: LoopBackend) -> None:
+            await backend.execute(statements.FLUSH_MESSAGES, {"prefix": self.prefix})
+            await backend.execute(statements.FLUSH_GROUPS, {"prefix": self.prefix})
+
+        await self._call(delete_all)
+        # Messages already claimed into the local buffer are part of the layer too.
+        self._buffer.clear()
 
     async def delete_expired(self) -> int:
         """Remove expired messages and lapsed memberships now; the layer also does so every 30 s."""
-        return await self._backend().delete_expired()
+        return await self._call(lambda backend: backend.delete_expired())
 
     async def close(self) -> None:
         """Release connections and end pending receives with LayerClosedError; idempotent."""
@@ -167,26 +179,71 @@ class PostgresChannelLayer:
         self._closed = True
         error = LayerClosedError("the channel layer was closed")
         current = asyncio.get_running_loop()
-        backends, self._backends = self._backends, {}
-        for loop, backend in backends.items():
+        backends = self._backends()
+        self._home, self._io_backend = None, None
+        for loop, backend in backends:
             if loop is current:
                 await backend.close(error)
             elif loop.is_running():
-                done = asyncio.run_coroutine_threadsafe(backend.close(error), loop)
-                await asyncio.wrap_future(done)
-            # A closed loop took its connections with it; there is nothing left to release.
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(backend.close(error), loop))
+            # A loop that is no longer running took its connections with it.
+        await self._io.stop()
 
-    def _backend(self) -> LoopBackend:
+    # -- routing to the backend of the calling event loop -----------------------------------
+
+    def _backends(self) -> list[tuple[asyncio.AbstractEventLoop, LoopBackend]]:
+        backends = [self._home] if self._home is not None else []
+        if self._io_backend is not None:
+            backends.append((self._io.loop, self._io_backend))
+        return backends
+
+    def _route(self) -> tuple[LoopBackend, IoThread | None]:
+        """The backend for the calling loop, and the I/O thread if the call must hop there."""
         if self._closed:
             raise LayerClosedError("this channel layer was closed; create a new one")
         loop = asyncio.get_running_loop()
-        backend = self._backends.get(loop)
-        if backend is None:
-            for old in [old for old in self._backends if old.is_closed()]:
-                del self._backends[old]
-            # The first loop gets the pool. Connections cannot move between loops, and a loop
-            # that async_to_sync makes for one call may be closed before it could release a
-            # pooled connection, so further loops open a connection per statement.
-            backend = LoopBackend(self._config, pooled=not self._backends)
-            self._backends[loop] = backend
-        return backend
+        if self._home is not None and self._home[0] is loop:
+            return self._home[1], None
+        # The main thread's loop is the application's (an ASGI server, a test); async_to_sync
+        # always runs its loops in other threads.
+        if threading.current_thread() is threading.main_thread() and (
+            self._home is None or self._home[0].is_closed()
+        ):
+            if self._home is not None:
+                logger.warning(
+                    "the event loop %r closed without closing the channel layer first; "
+                    "its connections were abandoned",
+                    self._home[0],
+                )
+            self._home = (loop, self._new_backend(use_given_engine=True))
+            return self._home[1], None
+        if self._io_backend is None:
+            self._io_backend = self._new_backend(use_given_engine=False)
+        return self._io_backend, self._io
+
+    def _new_backend(self, *, use_given_engine: bool) -> LoopBackend:
+        return LoopBackend(self._config, self._buffer, self._wake_readers, use_given_engine=use_given_engine)
+
+    def _wake_readers(self, queue: str) -> None:
+        """Rows of ``queue`` were buffered: readers on every loop should look (thread-safe)."""
+        for loop, backend in self._backends():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(backend.wake_reader, queue)
+
+    async def _call(self, operation: Operation[T]) -> T:
+        backend, io = self._route()
+        if io is None:
+            return await operation(backend)
+        return await io.run(operation(backend))
+
+    async def _receive(self, queue: str, channel: str) -> Claimed:
+        backend, io = self._route()
+        if io is None:
+            return await backend.receive(queue, channel)
+
+        def keep(row: Claimed) -> None:
+            # Received on the I/O thread just as our caller was cancelled: first in line again.
+            self._buffer.put_front(row)
+            self._wake_readers(queue)
+
+        return await io.run(backend.receive(queue, channel), on_orphaned=keep)

@@ -1,10 +1,10 @@
-"""Receiving from one queue: waiting receivers, a claim loop, and a small buffer.
+"""Receiving from one queue on one event loop: waiting receivers and a claim loop.
 
 A queue is a normal channel, or the non-local part of this layer's process-local channels
 ("specific.abc!"), so every process-local channel of a layer is served by one reader and one
 claiming statement. Rows are claimed only for channels that have a receiver waiting, at most
-as many as there are waiters, so the buffer holds only what a cancelled receiver left behind
-or the few rows a batch claimed beyond its channel's waiters.
+as many as there are waiters, so the shared buffer holds only what a cancelled receiver left
+behind or the few rows a batch claimed beyond its channel's waiters.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
 
+from .buffer import Claimed, ClaimedBuffer
 from .listener import Listener
 
 logger = logging.getLogger("channel_layer_pg")
@@ -26,15 +24,6 @@ logger = logging.getLogger("channel_layer_pg")
 POLL_INTERVAL = 5.0
 # How long a reader stays subscribed with nobody waiting before it UNLISTENs and ends.
 IDLE_LINGER = 30.0
-
-
-@dataclass(frozen=True)
-class Claimed:
-    id: int
-    channel: str
-    expires_at: datetime
-    payload: bytes
-
 
 Claim = Callable[[str, Sequence[str], int], Awaitable[Sequence[Claimed]]]
 
@@ -46,22 +35,24 @@ class QueueReader:
         topic: str,
         listener: Listener,
         claim: Claim,
+        buffer: ClaimedBuffer,
+        on_buffered: Callable[[str], None],
         on_idle: Callable[[QueueReader], None],
     ) -> None:
         self.queue = queue
-        self._on_idle = on_idle
         self._topic = topic
         self._listener = listener
         self._claim = claim
+        self._buffer = buffer
+        self._on_buffered = on_buffered
+        self._on_idle = on_idle
         self._waiters: dict[str, deque[asyncio.Future[Claimed]]] = {}
-        self._buffers: dict[str, deque[Claimed]] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._failure: BaseException | None = None
 
-    async def receive(self, channel: str) -> bytes:
-        """The payload of the next message for ``channel``; cancelling never loses one."""
-        buffered = self._pop_buffered(channel)
+    async def receive(self, channel: str) -> Claimed:
+        """The next message for ``channel``; cancelling never loses one."""
+        buffered = self._buffer.take(channel)
         if buffered is not None:
             return buffered
         waiter: asyncio.Future[Claimed] = asyncio.get_running_loop().create_future()
@@ -70,14 +61,20 @@ class QueueReader:
         # A new waiter may want a channel the last claim did not ask for: look again.
         self._wakeup.set()
         try:
-            return (await waiter).payload
+            return await waiter
         except asyncio.CancelledError:
             self._remove_waiter(channel, waiter)
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 # Delivered to us just as we were cancelled: it goes, first in line, to the
                 # next receive on this channel.
-                self._hand_back(waiter.result())
+                self.hand_back(waiter.result())
             raise
+
+    def hand_back(self, row: Claimed) -> None:
+        """Return a message whose receiver was cancelled to the front of its channel's line."""
+        if not self._give(row):
+            self._buffer.put_front(row)
+            self._on_buffered(self.queue)
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -91,7 +88,6 @@ class QueueReader:
 
     async def close(self, exc: BaseException) -> None:
         self.fail_waiters(exc)
-        self._buffers.clear()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -117,23 +113,22 @@ class QueueReader:
                 await self._listener.unsubscribe(self._topic, self.wake)
             # No await between this check and the end of the task, so a receive that
             # arrived during UNLISTEN is served by another round, never stranded.
-        if not self._buffers:
-            self._on_idle(self)
+        self._on_idle(self)
 
     async def _serve(self) -> None:
         """Claim for waiters until none has come for IDLE_LINGER seconds."""
         while True:
+            self._wakeup.clear()
+            self._serve_from_buffer()
             if not self._waiters:
                 # Stay subscribed a while: a consumer calls receive again right after each
                 # message, and LISTEN/UNLISTEN per message would cost a round trip each.
-                self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), IDLE_LINGER)
                 except asyncio.TimeoutError:
                     if not self._waiters:
                         return
                 continue
-            self._wakeup.clear()
             wanted = {channel: len(waiters) for channel, waiters in self._waiters.items()}
             try:
                 # Shielded: a claimed row exists only in this statement's result, so the
@@ -153,41 +148,39 @@ class QueueReader:
             except asyncio.TimeoutError:
                 pass
 
-    def _dispatch(self, rows: Sequence[Claimed]) -> None:
-        for row in sorted(rows, key=lambda r: r.id):
-            waiters = self._waiters.get(row.channel)
-            while waiters:
-                waiter = waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(row)
+    def _serve_from_buffer(self) -> None:
+        # A receiver on another loop may have left rows behind for channels waited on here.
+        for channel in list(self._waiters):
+            while self._waiters.get(channel) and self._buffer.holds(channel):
+                row = self._buffer.take(channel)
+                if row is None or not self._give(row):
+                    if row is not None:
+                        self._buffer.put_front(row)
                     break
-            else:
-                self._buffers.setdefault(row.channel, deque()).append(row)
-            if waiters is not None and not waiters:
-                del self._waiters[row.channel]
 
-    def _hand_back(self, row: Claimed) -> None:
+    def _dispatch(self, rows: Sequence[Claimed]) -> None:
+        extra = False
+        for row in sorted(rows, key=lambda r: r.id):
+            if not self._give(row):
+                self._buffer.put_back(row)
+                extra = True
+        if extra:
+            self._on_buffered(self.queue)
+
+    def _give(self, row: Claimed) -> bool:
+        """Hand ``row`` to the longest-waiting live receiver of its channel, if there is one."""
         waiters = self._waiters.get(row.channel)
-        while waiters:
+        delivered = False
+        while waiters and not delivered:
             waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(row)
-                return
-        self._buffers.setdefault(row.channel, deque()).appendleft(row)
+                delivered = True
+        if waiters is not None and not waiters:
+            del self._waiters[row.channel]
+        return delivered
 
-    def _pop_buffered(self, channel: str) -> bytes | None:
-        buffer = self._buffers.get(channel)
-        now = datetime.now(timezone.utc)
-        while buffer:
-            row = buffer.popleft()
-            if row.expires_at > now:
-                if not buffer:
-                    del self._buffers[channel]
-                return row.payload
-        self._buffers.pop(channel, None)
-        return None
-
-    def _remove_waiter(self, channel: str, waiter: asyncio.Future[Any]) -> None:
+    def _remove_waiter(self, channel: str, waiter: asyncio.Future[Claimed]) -> None:
         waiters = self._waiters.get(channel)
         if waiters is None:
             return
@@ -197,6 +190,3 @@ class QueueReader:
             pass
         if not waiters:
             del self._waiters[channel]
-
-    def clear_buffers(self) -> None:
-        self._buffers.clear()

@@ -85,7 +85,9 @@ async def test_random_cancellations_under_traffic_lose_and_duplicate_nothing(
         while len(got) < total:
             try:
                 # Many of these time out mid-claim; each timeout is a cancel.
-                message = await asyncio.wait_for(receiver.receive("test.chaos"), rng.choice([0.0005, 0.002, 0.05]))
+                message = await asyncio.wait_for(
+                    receiver.receive("test.chaos"), rng.choice([0.0005, 0.002, 0.05])
+                )
             except asyncio.TimeoutError:
                 continue
             got.append(message["n"])

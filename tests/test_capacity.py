@@ -43,8 +43,10 @@ async def test_channel_capacity_globs_and_regexes_override_the_default(make_laye
 async def test_expired_messages_do_not_count_against_capacity(make_layer: LayerFactory, sql: Sql) -> None:
     layer = make_layer(capacity=1)
     await layer.send("test.aged", {"type": "old"})
-    await sql("UPDATE channel_layer_pg_message SET expires_at = now() - interval '1 second' "
-              "WHERE prefix = $1", layer.prefix)
+    await sql(
+        "UPDATE channel_layer_pg_message SET expires_at = now() - interval '1 second' WHERE prefix = $1",
+        layer.prefix,
+    )
     await layer.send("test.aged", {"type": "new"})
     assert await receive(layer, "test.aged") == {"type": "new"}
 

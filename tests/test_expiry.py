@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from channel_layer_pg import PostgresChannelLayer
 from tests.helpers import LayerFactory, Sql, nothing_arrives, receive
-
 
 
 async def age_messages(sql: Sql, prefix: str) -> None:
@@ -44,8 +41,7 @@ async def test_a_lapsed_group_membership_gets_no_messages(
 ) -> None:
     await layer.group_add("room", "test.member")
     await sql(
-        "UPDATE channel_layer_pg_group_member SET expires_at = now() - interval '1 second' "
-        "WHERE prefix = $1",
+        "UPDATE channel_layer_pg_group_member SET expires_at = now() - interval '1 second' WHERE prefix = $1",
         layer.prefix,
     )
     await layer.group_send("room", {"type": "too late"})

@@ -1,0 +1,80 @@
+"""The layer is shared by every event loop in the process, as Django's sync code uses it."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+
+from channel_layer_pg import PostgresChannelLayer
+from channel_layer_pg.reader import QueueReader
+from tests.helpers import TIMEOUT, receive
+
+
+async def test_async_to_sync_group_send_from_threads_reaches_a_receiver(layer: PostgresChannelLayer) -> None:
+    channel = await layer.new_channel()
+    await layer.group_add("room", channel)
+
+    def view(n: int) -> None:
+        # What a Django view does: each call may get a fresh event loop in a worker thread.
+        async_to_sync(layer.group_send)("room", {"type": "from.view", "n": n})
+
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        await asyncio.wait_for(
+            asyncio.gather(*(loop.run_in_executor(pool, view, n) for n in range(20))), TIMEOUT
+        )
+    got = sorted([(await receive(layer, channel))["n"] for _ in range(20)])
+    assert got == list(range(20))
+
+
+async def test_a_receive_on_this_loop_is_woken_by_a_send_from_another_loop(
+    layer: PostgresChannelLayer,
+) -> None:
+    receiving = asyncio.create_task(layer.receive("test.cross-loop"))
+    await asyncio.sleep(0)
+
+    def send_on_a_new_loop() -> None:
+        asyncio.run(layer.send("test.cross-loop", {"type": "other loop"}))
+
+    await asyncio.get_running_loop().run_in_executor(None, send_on_a_new_loop)
+    assert await asyncio.wait_for(receiving, TIMEOUT) == {"type": "other loop"}
+
+
+def test_sync_code_with_no_running_loop_can_send_and_receive(database_url: str, prefix: str) -> None:
+    layer = PostgresChannelLayer(url=database_url, prefix=prefix)
+    async_to_sync(layer.send)("test.sync", {"type": "sync"})
+    assert async_to_sync(layer.receive)("test.sync") == {"type": "sync"}
+    async_to_sync(layer.close)()
+
+
+async def test_a_receive_cancelled_on_a_worker_loop_keeps_its_message(
+    layer: PostgresChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await layer.send("test.worker-cancel", {"type": "first"})
+    await layer.send("test.worker-cancel", {"type": "second"})
+    dispatch = QueueReader._dispatch
+
+    def worker() -> bool:
+        async def receive_and_get_cancelled() -> bool:
+            task = asyncio.create_task(layer.receive("test.worker-cancel"))
+            caller_loop = asyncio.get_running_loop()
+
+            def dispatch_then_cancel(self: QueueReader, rows: Any) -> None:
+                dispatch(self, rows)  # runs on the layer's I/O thread
+                caller_loop.call_soon_threadsafe(task.cancel)
+
+            monkeypatch.setattr(QueueReader, "_dispatch", dispatch_then_cancel)
+            await asyncio.gather(task, return_exceptions=True)
+            return task.cancelled()
+
+        return asyncio.run(receive_and_get_cancelled())
+
+    was_cancelled = await asyncio.get_running_loop().run_in_executor(None, worker)
+    monkeypatch.undo()
+    assert was_cancelled
+    assert await receive(layer, "test.worker-cancel") == {"type": "first"}
+    assert await receive(layer, "test.worker-cancel") == {"type": "second"}

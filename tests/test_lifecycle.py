@@ -1,0 +1,63 @@
+"""close(), async with, and use of a closed layer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from channel_layer_pg import LayerClosedError, PostgresChannelLayer
+from tests.helpers import TIMEOUT, LayerFactory
+
+
+async def test_close_ends_pending_receives_with_a_clear_error(make_layer: LayerFactory) -> None:
+    layer = make_layer()
+    receiving = asyncio.create_task(layer.receive("test.pending"))
+    local = asyncio.create_task(layer.receive(await layer.new_channel()))
+    await asyncio.sleep(0)
+    await layer.close()
+    for task in (receiving, local):
+        with pytest.raises(LayerClosedError):
+            await asyncio.wait_for(task, TIMEOUT)
+
+
+async def test_close_is_idempotent(make_layer: LayerFactory) -> None:
+    layer = make_layer()
+    await layer.send("test.close", {"type": "x"})
+    await layer.close()
+    await layer.close()
+
+
+async def test_a_closed_layer_says_so(make_layer: LayerFactory) -> None:
+    layer = make_layer()
+    await layer.close()
+    with pytest.raises(LayerClosedError, match="closed"):
+        await layer.send("test.closed", {"type": "x"})
+    with pytest.raises(LayerClosedError, match="closed"):
+        await layer.receive("test.closed")
+
+
+async def test_async_with_closes_the_layer(database_url: str, prefix: str) -> None:
+    async with PostgresChannelLayer(url=database_url, prefix=prefix) as layer:
+        await layer.send("test.with", {"type": "x"})
+        assert await layer.receive("test.with") == {"type": "x"}
+    with pytest.raises(LayerClosedError):
+        await layer.send("test.with", {"type": "x"})
+
+
+async def test_close_leaves_no_task_running(make_layer: LayerFactory) -> None:
+    before = asyncio.all_tasks()
+    layer = make_layer()
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "x"})
+    await layer.receive(channel)
+    await layer.send("test.tasks", {"type": "x"})
+    await layer.receive("test.tasks")
+    await layer.close()
+    assert asyncio.all_tasks() == before
+
+
+async def test_repr_hides_the_password(database_url: str) -> None:
+    layer = PostgresChannelLayer(url="postgresql://user:s3cret@db.example:5433/app")
+    assert "s3cret" not in repr(layer)
+    assert "db.example:5433" in repr(layer)
