@@ -15,7 +15,7 @@ async def test_send_raises_channel_full_at_capacity(make_layer: LayerFactory) ->
     layer = make_layer(capacity=2)
     await layer.send("test.cap", {"type": "1"})
     await layer.send("test.cap", {"type": "2"})
-    with pytest.raises(ChannelFull, match="test.cap"):
+    with pytest.raises(ChannelFull, match=r"test\.cap"):
         await layer.send("test.cap", {"type": "3"})
     assert await receive(layer, "test.cap") == {"type": "1"}
     await layer.send("test.cap", {"type": "3 fits now"})

@@ -29,7 +29,8 @@ async def test_messages_are_stored_to_expire_after_expiry_seconds(make_layer: La
     layer = make_layer(expiry=90)
     await layer.send("test.ttl", {"type": "x"})
     (row,) = await sql(
-        "SELECT extract(epoch FROM expires_at - now()) AS ttl FROM channel_layer_pg_message WHERE prefix = $1",
+        "SELECT extract(epoch FROM expires_at - now()) AS ttl FROM channel_layer_pg_message "
+        "WHERE prefix = $1",
         layer.prefix,
     )
     assert 85 < row["ttl"] <= 90

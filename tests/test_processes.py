@@ -1,0 +1,45 @@
+"""Several processes on one database: a shared work queue and process-local replies."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import Counter
+from pathlib import Path
+
+from tests.helpers import TIMEOUT, LayerFactory, receive
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_workers_in_other_processes_share_a_channel_each_job_done_once(
+    make_layer: LayerFactory, database_url: str, prefix: str
+) -> None:
+    layer = make_layer(capacity=1000)
+    replies = await layer.new_channel()
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.worker", database_url, prefix, "test.jobs", replies, cwd=ROOT
+        )
+        for _ in range(2)
+    ]
+    try:
+        ready = {(await receive(layer, replies))["pid"] for _ in workers}
+        assert ready == {worker.pid for worker in workers}
+
+        for n in range(200):
+            await layer.send("test.jobs", {"type": "job", "n": n})
+        done = [await receive(layer, replies) for _ in range(200)]
+
+        assert sorted(message["n"] for message in done) == list(range(200))
+        assert set(Counter(message["pid"] for message in done)) <= ready
+
+        for _ in workers:
+            await layer.send("test.jobs", {"type": "stop"})
+        codes = await asyncio.wait_for(asyncio.gather(*(w.wait() for w in workers)), TIMEOUT)
+        assert codes == [0, 0]
+    finally:
+        for worker in workers:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.wait()

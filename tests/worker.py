@@ -1,0 +1,28 @@
+"""A separate process for the cross-process tests: takes jobs from a normal channel.
+
+Run as ``python -m tests.worker URL PREFIX JOBS_CHANNEL REPLY_CHANNEL``. It announces itself
+on the reply channel (a process-local channel of the test process), then answers every job
+with its own pid until it receives a message of type "stop".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from channel_layer_pg import PostgresChannelLayer
+
+
+async def work(url: str, prefix: str, jobs: str, reply: str) -> None:
+    async with PostgresChannelLayer(url=url, prefix=prefix, capacity=1000) as layer:
+        await layer.send(reply, {"type": "ready", "pid": os.getpid()})
+        while True:
+            job = await layer.receive(jobs)
+            if job["type"] == "stop":
+                return
+            await layer.send(reply, {"type": "done", "n": job["n"], "pid": os.getpid()})
+
+
+if __name__ == "__main__":
+    asyncio.run(work(*sys.argv[1:5]))
