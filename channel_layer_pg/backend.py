@@ -12,11 +12,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.base import Executable
 
 from . import statements
 from .buffer import Claimed, ClaimedBuffer
 from .config import LayerConfig
-from .database import connection, create_engine
+from .database import StatementRunner, create_engine
 from .listener import Listener
 from .naming import topic_for
 from .reader import QueueReader
@@ -42,20 +43,22 @@ class LoopBackend:
         self._closed = False
         self.engine: AsyncEngine
         self.engine, self._owns_engine = create_engine(config, use_given_engine=use_given_engine)
+        self._statements = StatementRunner(self.engine, config)
         self._listener = Listener(self.engine, config)
         self._readers: dict[str, QueueReader] = {}
         self._cleanup_task: asyncio.Task[None] | None = None
 
-    async def execute(self, statement: Any, parameters: dict[str, Any]) -> Sequence[Any]:
-        async with connection(self.engine, self._config) as conn:
-            result = await conn.execute(statement, parameters)
-            return result.all() if result.returns_rows else ()
+    async def fetch(self, statement: Executable, parameters: dict[str, Any]) -> list[Any]:
+        return await self._statements.fetch(statement, parameters)
+
+    async def execute(self, statement: Executable, parameters: dict[str, Any]) -> int:
+        return await self._statements.execute(statement, parameters)
 
     async def enqueue(self, payload: bytes, targets: Sequence[tuple[str, str, int]]) -> int:
         """Store ``payload`` once per (queue, channel, capacity) target with room; how many were."""
         self._ensure_cleanup()
         prefix = self._config.prefix
-        (row,) = await self.execute(
+        (row,) = await self.fetch(
             statements.ENQUEUE,
             {
                 "prefix": prefix,
@@ -67,7 +70,25 @@ class LoopBackend:
                 "topics": [topic_for(prefix, queue) for queue, _, _ in targets],
             },
         )
-        return int(row.inserted)
+        return int(row["inserted"])
+
+    async def send(self, payload: bytes, queue: str, channel: str, capacity: int) -> bool:
+        """Store ``payload`` for ``channel`` unless its queue is full; whether it was stored."""
+        self._ensure_cleanup()
+        prefix = self._config.prefix
+        (row,) = await self.fetch(
+            statements.SEND,
+            {
+                "prefix": prefix,
+                "queue": queue,
+                "channel": channel,
+                "capacity": capacity,
+                "expiry": self._config.expiry,
+                "payload": payload,
+                "topic": topic_for(prefix, queue),
+            },
+        )
+        return bool(row["inserted"])
 
     async def receive(self, queue: str, channel: str) -> Claimed:
         self._ensure_cleanup()
@@ -105,11 +126,11 @@ class LoopBackend:
             await self.engine.dispose()
 
     async def _claim(self, queue: str, channels: Sequence[str], limit: int) -> list[Claimed]:
-        rows = await self.execute(
+        rows = await self.fetch(
             statements.CLAIM,
             {"prefix": self._config.prefix, "queue": queue, "channels": channels, "limit": limit},
         )
-        return [Claimed(row.id, row.channel, row.expires_at, row.payload) for row in rows]
+        return [Claimed(row["id"], row["channel"], row["expires_at"], row["payload"]) for row in rows]
 
     def _forget(self, reader: QueueReader) -> None:
         if self._readers.get(reader.queue) is reader:
@@ -134,10 +155,9 @@ class LoopBackend:
         removed = 0
         for statement in (statements.DELETE_EXPIRED_MESSAGES, statements.DELETE_LAPSED_MEMBERS):
             while True:
-                async with connection(self.engine, self._config) as conn:
-                    result = await conn.execute(statement, {"batch": CLEANUP_BATCH})
-                removed += result.rowcount
-                if result.rowcount < CLEANUP_BATCH:
+                count = await self.execute(statement, {"batch": CLEANUP_BATCH})
+                removed += count
+                if count < CLEANUP_BATCH:
                     break
         if removed:
             logger.info("removed %d expired messages and lapsed group memberships", removed)

@@ -55,7 +55,9 @@ OPTION_NAMES = (
     "pool_size",
     "max_overflow",
     "connect_timeout",
+    "synchronous_commit",
 )
+_SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "on", "remote_apply")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class LayerConfig:
     pool_size: int
     max_overflow: int
     connect_timeout: float
+    synchronous_commit: str
     connect_args: dict[str, Any] = field(default_factory=dict)
 
     def capacity_for(self, channel: str) -> int:
@@ -140,6 +143,7 @@ def build_config(options: Mapping[str, Any]) -> LayerConfig:
         pool_size=_positive_int("pool_size", options.get("pool_size", 10)),
         max_overflow=_non_negative_int("max_overflow", options.get("max_overflow", 10)),
         connect_timeout=_seconds("connect_timeout", options.get("connect_timeout", 10)),
+        synchronous_commit=_synchronous_commit(options.get("synchronous_commit", "off")),
         connect_args=connect_args,
     )
 
@@ -254,6 +258,14 @@ def _non_negative_int(name: str, value: object) -> int:
     if value < 0:
         raise ValueError(f"{name} must not be negative, not {value!r}")
     return value
+
+
+def _synchronous_commit(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value not in _SYNCHRONOUS_COMMIT:
+        raise ValueError(f"synchronous_commit must be one of {', '.join(_SYNCHRONOUS_COMMIT)}, not {value!r}")
+    return str(value)
 
 
 def _channel_capacity(value: object) -> tuple[tuple[re.Pattern[str], int], ...]:

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql.base import Executable
 
 from .config import LayerConfig
 from .errors import DatabaseUnreachableError, SchemaMissingError
 
+T = TypeVar("T")
+
 _UNDEFINED_TABLE = "42P01"
+# Errors after which the connection cannot be trusted for another statement.
+_CONNECTION_ERRORS = (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError)
 # Authentication failures, an unknown database or role: the server answered but refused us.
 _CONNECT_REFUSALS = {"28P01", "28000", "3D000"}
 
@@ -30,10 +37,18 @@ def create_engine(config: LayerConfig, *, use_given_engine: bool) -> tuple[Async
     if config.engine is not None and use_given_engine:
         return config.engine.execution_options(isolation_level="AUTOCOMMIT"), False
     url = config.url if config.url is not None else config.engine.url
+    connect_args = {"timeout": config.connect_timeout, **config.connect_args}
+    # A commit that waits for its WAL flush costs a disk sync per message; see the README on
+    # what synchronous_commit=off risks (the last fraction of a second of messages if the
+    # server crashes) and gains.
+    connect_args["server_settings"] = {
+        "synchronous_commit": config.synchronous_commit,
+        **connect_args.get("server_settings", {}),
+    }
     engine = create_async_engine(
         url,
         isolation_level="AUTOCOMMIT",
-        connect_args={"timeout": config.connect_timeout, **config.connect_args},
+        connect_args=connect_args,
         pool_size=config.pool_size,
         max_overflow=config.max_overflow,
     )
@@ -47,15 +62,78 @@ async def translated_errors(config: LayerConfig) -> AsyncIterator[None]:
         yield
     except DBAPIError as exc:
         raise _translate(config, exc) from exc
+    except asyncpg.exceptions.UndefinedTableError as exc:
+        raise _schema_missing(config) from exc
+    except asyncpg.exceptions.InvalidAuthorizationSpecificationError as exc:
+        raise _refused(config, exc) from exc
+    except asyncpg.exceptions.InvalidCatalogNameError as exc:
+        raise _refused(config, exc) from exc
     except (OSError, asyncio.TimeoutError) as exc:
         raise _unreachable(config, exc) from exc
 
 
-@asynccontextmanager
-async def connection(engine: AsyncEngine, config: LayerConfig) -> AsyncIterator[AsyncConnection]:
-    async with translated_errors(config):
-        async with engine.connect() as conn:
-            yield conn
+class StatementRunner:
+    """Runs the layer's Core statements on the engine's pooled asyncpg connections.
+
+    SQLAlchemy compiles each statement once for the engine's dialect; every call then sends
+    the compiled SQL with positional arguments straight to the asyncpg connection it checked
+    out of the engine's pool. Measured here, that halves the cost of a statement (0.21 ms to
+    0.10 ms for SELECT 1) against Connection.execute, whose per-call result machinery the
+    layer does not need: its parameters and rows are plain asyncpg types.
+    """
+
+    def __init__(self, engine: AsyncEngine, config: LayerConfig) -> None:
+        self._engine = engine
+        self._config = config
+        self._compiled: dict[Executable, _Compiled] = {}
+
+    async def fetch(self, statement: Executable, parameters: Mapping[str, Any]) -> list[Any]:
+        """The rows ``statement`` returns (asyncpg Records)."""
+        sql, arguments = self._bind(statement, parameters)
+        return await self._shielded(lambda driver: driver.fetch(sql, *arguments))
+
+    async def execute(self, statement: Executable, parameters: Mapping[str, Any]) -> int:
+        """How many rows ``statement`` changed."""
+        sql, arguments = self._bind(statement, parameters)
+        status = await self._shielded(lambda driver: driver.execute(sql, *arguments))
+        count = status.rsplit(" ", 1)[-1]
+        return int(count) if count.isdigit() else 0
+
+    def _bind(self, statement: Executable, parameters: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            compiled = self._compiled[statement] = _Compiled.of(statement, self._engine)
+        return compiled.sql, [
+            parameters[key] if key in parameters else compiled.defaults[key] for key in compiled.order
+        ]
+
+    async def _shielded(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        # Shielded: a statement cancelled halfway leaves its connection mid-protocol, and the
+        # pool would have to throw it away. A cancelled caller stops waiting; the statement
+        # still completes (a send still lands: it was already on its way to the server).
+        return await asyncio.shield(self._run(work))
+
+    async def _run(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        async with translated_errors(self._config):
+            async with self._engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                try:
+                    return await work(raw.driver_connection)
+                except (OSError, asyncio.TimeoutError, *_CONNECTION_ERRORS):
+                    await conn.invalidate()
+                    raise
+
+
+class _Compiled:
+    __slots__ = ("defaults", "order", "sql")
+
+    def __init__(self, sql: str, order: list[str], defaults: dict[str, Any]) -> None:
+        self.sql, self.order, self.defaults = sql, order, defaults
+
+    @classmethod
+    def of(cls, statement: Executable, engine: AsyncEngine) -> _Compiled:
+        compiled = statement.compile(dialect=engine.dialect)  # type: ignore[attr-defined]
+        return cls(str(compiled), list(compiled.positiontup or ()), dict(compiled.params))
 
 
 def _translate(config: LayerConfig, exc: DBAPIError) -> Exception:
@@ -74,6 +152,18 @@ def _translate(config: LayerConfig, exc: DBAPIError) -> Exception:
     ):
         return _unreachable(config, cause)
     return exc
+
+
+def _schema_missing(config: LayerConfig) -> SchemaMissingError:
+    return SchemaMissingError(
+        f"the channel layer's tables do not exist in {config.safe_url}; create them with: {MIGRATE_HINT}"
+    )
+
+
+def _refused(config: LayerConfig, reason: object) -> DatabaseUnreachableError:
+    return DatabaseUnreachableError(
+        f"PostgreSQL at {config.host_and_port} refused the connection ({config.safe_url}): {reason}"
+    )
 
 
 def _unreachable(config: LayerConfig, exc: BaseException) -> DatabaseUnreachableError:

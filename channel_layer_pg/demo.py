@@ -149,7 +149,9 @@ async def _unless_worker_exits(worker: asyncio.subprocess.Process, work: Corouti
     try:
         await asyncio.wait({task, exited}, return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
-            raise DemoError(f"the worker exited early with code {worker.returncode}; see its error above")
+            code = worker.returncode or 0
+            how = f"was killed by signal {-code}" if code < 0 else f"exited early with code {code}"
+            raise DemoError(f"the worker {how}")
         return task.result()
     finally:
         # Also reached on Ctrl-C: neither task may outlive the demo.

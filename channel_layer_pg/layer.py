@@ -22,6 +22,8 @@ from .naming import non_local_name, validate_channel_name, validate_group_name
 from .schema import message as message_table
 
 T = TypeVar("T")
+
+_CHECK = select(message_table.c.id).limit(0)
 Operation = Callable[[LoopBackend], Coroutine[Any, Any, T]]
 
 logger = logging.getLogger("channel_layer_pg")
@@ -72,7 +74,7 @@ class PostgresChannelLayer:
 
     async def check(self) -> None:
         """Fail now, with a clear error, if the database is unreachable or has no schema."""
-        await self._call(lambda backend: backend.execute(select(message_table.c.id).limit(0), {}))
+        await self._call(lambda backend: backend.fetch(_CHECK, {}))
 
     # -- channels ---------------------------------------------------------------------------
 
@@ -90,8 +92,8 @@ class PostgresChannelLayer:
         validate_channel_name(channel)
         payload = self._config.codec.encode(message)
         capacity = self._config.capacity_for(channel)
-        target = (non_local_name(channel), channel, capacity)
-        stored = await self._call(lambda backend: backend.enqueue(payload, [target]))
+        queue = non_local_name(channel)
+        stored = await self._call(lambda backend: backend.send(payload, queue, channel, capacity))
         if not stored:
             raise ChannelFull(f"channel {channel!r} is full: it holds {capacity} unexpired messages")
 
@@ -139,10 +141,10 @@ class PostgresChannelLayer:
         parameters = {"prefix": self.prefix, "group": group}
 
         async def fan_out(backend: LoopBackend) -> tuple[int, int]:
-            rows = await backend.execute(statements.GROUP_MEMBERS, parameters)
+            rows = await backend.fetch(statements.GROUP_MEMBERS, parameters)
+            channels = [row["channel"] for row in rows]
             targets = [
-                (non_local_name(row.channel), row.channel, self._config.capacity_for(row.channel))
-                for row in rows
+                (non_local_name(channel), channel, self._config.capacity_for(channel)) for channel in channels
             ]
             return (await backend.enqueue(payload, targets) if targets else 0), len(targets)
 

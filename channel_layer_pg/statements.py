@@ -106,6 +106,39 @@ def _build_enqueue() -> Select[Any]:
 
 ENQUEUE = _build_enqueue()
 
+
+def _build_send() -> Select[Any]:
+    """ENQUEUE for the one-target case: the hot path of send(), without unnest and window.
+
+    Returns 1 if the row was stored (and its readers notified), 0 if the queue was full.
+    """
+    queue = bindparam("queue", type_=Text)
+    capacity = bindparam("capacity", type_=BigInteger)
+    live = (
+        select(literal(1))
+        .where(message.c.prefix == _prefix, message.c.queue == queue, message.c.expires_at > _now)
+        .limit(capacity)
+        .subquery("live")
+    )
+    row = select(
+        _prefix,
+        queue,
+        bindparam("channel", type_=Text),
+        _now + bindparam("expiry", type_=Interval),
+        bindparam("payload", type_=LargeBinary),
+    ).where(select(func.count()).select_from(live).scalar_subquery() < capacity)
+    inserted = (
+        insert(message)
+        .from_select(["prefix", "queue", "channel", "expires_at", "payload"], row)
+        .returning(message.c.id)
+        .cte("inserted")
+    )
+    notify = func.pg_notify(bindparam("topic", type_=Text), literal(""))
+    return select(func.count(notify).label("inserted")).select_from(inserted)
+
+
+SEND = _build_send()
+
 # FOR UPDATE SKIP LOCKED lets concurrent readers of one queue claim disjoint rows; the DELETE
 # makes the claim and the removal one atomic step, so no message can reach two readers.
 _claimable = (
@@ -206,4 +239,5 @@ __all__ = [
     "GROUP_ADD_FOREVER",
     "GROUP_DISCARD",
     "GROUP_MEMBERS",
+    "SEND",
 ]

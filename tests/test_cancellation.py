@@ -71,7 +71,7 @@ async def test_a_message_handed_to_a_receive_cancelled_at_that_moment_is_kept(
 async def test_random_cancellations_under_traffic_lose_and_duplicate_nothing(
     make_layer: LayerFactory,
 ) -> None:
-    sender, receiver = make_layer(), make_layer()
+    sender, receiver = make_layer(capacity=1000), make_layer(capacity=1000)
     total = 300
     got: list[int] = []
     rng = random.Random(1234)
