@@ -107,10 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo_parser.add_argument("--url", help="the database (default: a throwaway embedded PostgreSQL)")
     demo_parser.add_argument(
-        "--messages", type=_positive, default=200, help="how many pings to time (default: 200)"
+        "--messages", type=_positive, default=200, metavar="N", help="how many pings to time (default: 200)"
     )
 
-    worker_parser = commands.add_parser("demo-worker", help=argparse.SUPPRESS)
+    # No help= at all: argparse would list a SUPPRESSed help as "==SUPPRESS==".
+    worker_parser = commands.add_parser("demo-worker")
     worker_parser.add_argument("--url", help=f"the database (default: ${URL_ENV_VAR})")
     worker_parser.add_argument("--prefix", required=True)
     return parser

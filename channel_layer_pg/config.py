@@ -86,7 +86,10 @@ class LayerConfig:
     def safe_url(self) -> str:
         """The database URL with its password hidden, for logs, reprs and error messages."""
         url = self.url if self.url is not None else getattr(self.engine, "url", None)
-        return url.render_as_string(hide_password=True) if url is not None else "<unknown>"
+        if url is None:
+            return "<unknown>"
+        # Shown as the user wrote it, without the driver the layer chose for them.
+        return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
 
     @property
     def host_and_port(self) -> str:

@@ -85,6 +85,9 @@ async def _parent(url: str, messages: int) -> int:
             prefix,
             # In the environment, not the arguments: any local user can read another's argv.
             env={**os.environ, URL_ENV_VAR: url},
+            # Out of the terminal's process group, so Ctrl-C reaches only us and we stop the
+            # worker ourselves, rather than it printing a traceback of its own half-way through.
+            start_new_session=True,
         )
         try:
             await _unless_worker_exits(worker, _exchange(layer, reply, worker.pid, messages))

@@ -61,7 +61,12 @@ class PostgresChannelLayer:
         return f"<PostgresChannelLayer {self._config.safe_url} prefix={self.prefix!r}>"
 
     async def __aenter__(self) -> PostgresChannelLayer:
-        await self.check()
+        try:
+            await self.check()
+        except BaseException:
+            # __aexit__ will not run: release what check() opened before failing.
+            await self.close()
+            raise
         return self
 
     async def __aexit__(

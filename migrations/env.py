@@ -49,7 +49,8 @@ def _run_sync(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    engine = create_async_engine(_url(), poolclass=pool.NullPool)
+    # asyncpg waits 60 s for a connection by default; a migration should fail sooner.
+    engine = create_async_engine(_url(), poolclass=pool.NullPool, connect_args={"timeout": 10})
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_sync)

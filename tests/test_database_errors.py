@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from channel_layer_pg import DatabaseUnreachableError, PostgresChannelLayer, SchemaMissingError
+from channel_layer_pg import (
+    DatabaseUnreachableError,
+    LayerClosedError,
+    PostgresChannelLayer,
+    SchemaMissingError,
+)
 
 
 async def test_a_missing_schema_names_the_command_that_creates_it(empty_database_url: str) -> None:
@@ -35,3 +40,12 @@ async def test_async_with_checks_the_database_on_entry(empty_database_url: str) 
     with pytest.raises(SchemaMissingError):
         async with PostgresChannelLayer(url=empty_database_url):
             pass  # pragma: no cover - never reached
+
+
+async def test_a_failed_async_with_entry_leaves_no_connection_open(empty_database_url: str) -> None:
+    layer = PostgresChannelLayer(url=empty_database_url)
+    with pytest.raises(SchemaMissingError):
+        async with layer:
+            pass  # pragma: no cover - never reached
+    with pytest.raises(LayerClosedError):
+        await layer.send("test.x", {"type": "x"})
