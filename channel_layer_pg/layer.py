@@ -55,6 +55,8 @@ class PostgresChannelLayer:
         self._buffer = ClaimedBuffer()
         self._io = IoThread(name=f"channel_layer_pg-{self.client_prefix}")
         self._io_backend: LoopBackend | None = None
+        # async_to_sync calls arrive from several threads at once; one I/O backend serves them.
+        self._io_backend_lock = threading.Lock()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -224,9 +226,10 @@ class PostgresChannelLayer:
                 )
             self._home = (loop, self._new_backend(use_given_engine=True))
             return self._home[1], None
-        if self._io_backend is None:
-            self._io_backend = self._new_backend(use_given_engine=False)
-        return self._io_backend, self._io
+        with self._io_backend_lock:
+            if self._io_backend is None:
+                self._io_backend = self._new_backend(use_given_engine=False)
+            return self._io_backend, self._io
 
     def _new_backend(self, *, use_given_engine: bool) -> LoopBackend:
         return LoopBackend(self._config, self._buffer, self._wake_readers, use_given_engine=use_given_engine)
