@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -18,9 +19,14 @@ from .errors import DatabaseUnreachableError, SchemaMissingError
 
 T = TypeVar("T")
 
+logger = logging.getLogger("channel_layer_pg")
+
 _UNDEFINED_TABLE = "42P01"
-# Errors after which the connection cannot be trusted for another statement.
-_CONNECTION_ERRORS = (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError)
+# Connection exceptions (class 08), and the server shutting down, crashing or still starting.
+_CONNECTION_LOST_STATES = ("57P01", "57P02", "57P03")
+# Waits between attempts to open a connection, about 2 s in all: long enough to ride out a
+# quick server restart, short enough that a caller hears of a real outage promptly.
+_RECONNECT_DELAYS = (0.05, 0.2, 0.5, 1.0)
 # Authentication failures, an unknown database or role: the server answered but refused us.
 _CONNECT_REFUSALS = {"28P01", "28000", "3D000"}
 
@@ -42,6 +48,8 @@ def create_engine(config: LayerConfig, *, use_given_engine: bool) -> tuple[Async
     # what synchronous_commit=off risks (the last fraction of a second of messages if the
     # server crashes) and gains.
     connect_args["server_settings"] = {
+        # Named, so pg_stat_activity shows which sessions are the layer's.
+        "application_name": "channel_layer_pg",
         "synchronous_commit": config.synchronous_commit,
         **connect_args.get("server_settings", {}),
     }
@@ -68,6 +76,12 @@ async def translated_errors(config: LayerConfig) -> AsyncIterator[None]:
         raise _refused(config, exc) from exc
     except asyncpg.exceptions.InvalidCatalogNameError as exc:
         raise _refused(config, exc) from exc
+    except (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.InterfaceError) as exc:
+        raise _unreachable(config, exc) from exc
+    except asyncpg.exceptions.PostgresError as exc:
+        if exc.sqlstate in _CONNECTION_LOST_STATES:
+            raise _unreachable(config, exc) from exc
+        raise
     except (OSError, asyncio.TimeoutError) as exc:
         raise _unreachable(config, exc) from exc
 
@@ -114,14 +128,37 @@ class StatementRunner:
         return await asyncio.shield(self._run(work))
 
     async def _run(self, work: Callable[[Any], Awaitable[T]]) -> T:
-        async with translated_errors(self._config):
-            async with self._engine.connect() as conn:
-                raw = await conn.get_raw_connection()
+        for delay in (*_RECONNECT_DELAYS, None):
+            try:
+                async with translated_errors(self._config):
+                    conn = await self._engine.connect()
+            except DatabaseUnreachableError as exc:
+                if delay is None or not _worth_retrying(exc):
+                    raise
+                # Nothing was sent: the server may be restarting, so try again shortly.
+                logger.warning("%s; retrying in %.2f s", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            try:
+                driver: Any = (await conn.get_raw_connection()).driver_connection
+                if driver.is_closed():
+                    # Dropped while idle in the pool (a restart, pg_terminate_backend): nothing
+                    # was sent on it, so another connection is tried at once, without waiting.
+                    await conn.invalidate()
+                    continue
                 try:
-                    return await work(raw.driver_connection)
-                except (OSError, asyncio.TimeoutError, *_CONNECTION_ERRORS):
+                    async with translated_errors(self._config):
+                        return await work(driver)
+                except DatabaseUnreachableError:
+                    # Lost mid-statement: it may or may not have committed, so it is never
+                    # repeated (a message must not be stored twice); the caller hears of it.
                     await conn.invalidate()
                     raise
+            finally:
+                await conn.close()
+        raise DatabaseUnreachableError(
+            f"no usable connection to PostgreSQL at {self._config.host_and_port} ({self._config.safe_url})"
+        )
 
 
 class _Compiled:
@@ -154,6 +191,14 @@ def _translate(config: LayerConfig, exc: DBAPIError) -> Exception:
     return exc
 
 
+class _ConnectionRefused(DatabaseUnreachableError):
+    """The server answered and said no (bad password, unknown database): waiting won't help."""
+
+
+def _worth_retrying(exc: DatabaseUnreachableError) -> bool:
+    return not isinstance(exc, _ConnectionRefused)
+
+
 def _schema_missing(config: LayerConfig) -> SchemaMissingError:
     return SchemaMissingError(
         f"the channel layer's tables do not exist in {config.safe_url}; create them with: {MIGRATE_HINT}"
@@ -161,7 +206,7 @@ def _schema_missing(config: LayerConfig) -> SchemaMissingError:
 
 
 def _refused(config: LayerConfig, reason: object) -> DatabaseUnreachableError:
-    return DatabaseUnreachableError(
+    return _ConnectionRefused(
         f"PostgreSQL at {config.host_and_port} refused the connection ({config.safe_url}): {reason}"
     )
 

@@ -35,6 +35,8 @@ class Listener:
         self._lock = asyncio.Lock()
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closed = False
+        # Once connected, a lost connection is an outage to ride out rather than an error.
+        self.has_connected = False
 
     async def subscribe(self, topic: str, wake: Wake) -> None:
         """Call ``wake`` on every NOTIFY to ``topic``; LISTEN is in effect when this returns."""
@@ -79,18 +81,26 @@ class Listener:
             return
         await self._drop_connection()
         async with translated_errors(self._config):
-            conn = await self._engine.connect()
-            try:
-                raw = await conn.get_raw_connection()
-                driver: Any = raw.driver_connection
-                # Out of the pool for good: LISTEN is session state that must neither leak into
-                # another checkout nor be reset by the pool.
-                raw.detach()
-                driver.add_termination_listener(self._on_terminated)
-            except BaseException:
-                await conn.close()
-                raise
+            while True:
+                conn = await self._engine.connect()
+                try:
+                    raw = await conn.get_raw_connection()
+                    driver: Any = raw.driver_connection
+                    if driver.is_closed():
+                        # A pooled connection that died idle (a restart): take another.
+                        await conn.invalidate()
+                        await conn.close()
+                        continue
+                    # Out of the pool for good: LISTEN is session state that must neither leak
+                    # into another checkout nor be reset by the pool.
+                    raw.detach()
+                    driver.add_termination_listener(self._on_terminated)
+                except BaseException:
+                    await conn.close()
+                    raise
+                break
         self._conn, self._driver = conn, driver
+        self.has_connected = True
 
     async def _drop_connection(self) -> None:
         conn, self._conn, self._driver = self._conn, None, None
@@ -104,8 +114,9 @@ class Listener:
         for wake in tuple(self._wakers.get(topic, ())):
             wake()
 
-    def _on_terminated(self, _connection: Any) -> None:
-        if self._closed:
+    def _on_terminated(self, connection: Any) -> None:
+        # Our own close of an old connection also lands here; only the current one matters.
+        if self._closed or connection is not self._driver:
             return
         logger.warning("listen connection to %s lost; reconnecting", self._config.host_and_port)
         self._driver = None

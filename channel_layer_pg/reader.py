@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from .buffer import Claimed, ClaimedBuffer
+from .errors import DatabaseUnreachableError
 from .listener import Listener
 
 logger = logging.getLogger("channel_layer_pg")
@@ -24,6 +25,9 @@ logger = logging.getLogger("channel_layer_pg")
 POLL_INTERVAL = 5.0
 # How long a reader stays subscribed with nobody waiting before it UNLISTENs and ends.
 IDLE_LINGER = 30.0
+# Waits between attempts while the database is unreachable.
+_BACKOFF_START = 0.1
+_BACKOFF_MAX = 5.0
 
 Claim = Callable[[str, Sequence[str], int], Awaitable[Sequence[Claimed]]]
 
@@ -49,6 +53,7 @@ class QueueReader:
         self._waiters: dict[str, deque[asyncio.Future[Claimed]]] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._backoff = _BACKOFF_START
 
     async def receive(self, channel: str) -> Claimed:
         """The next message for ``channel``; cancelling never loses one."""
@@ -105,8 +110,9 @@ class QueueReader:
             try:
                 await self._listener.subscribe(self._topic, self.wake)
             except Exception as exc:
-                self.fail_waiters(exc)
-                return
+                if not await self._outlast(exc):
+                    return
+                continue
             try:
                 await self._serve()
             finally:
@@ -137,9 +143,9 @@ class QueueReader:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("claiming from %s failed: %s", self.queue, exc)
-                self.fail_waiters(exc)
+                await self._outlast(exc)
                 continue
+            self._backoff = _BACKOFF_START
             if rows:
                 self._dispatch(rows)
                 continue
@@ -147,6 +153,24 @@ class QueueReader:
                 await asyncio.wait_for(self._wakeup.wait(), POLL_INTERVAL)
             except asyncio.TimeoutError:
                 pass
+
+    async def _outlast(self, exc: Exception) -> bool:
+        """Wait out a lost database and return True, or fail the waiters and return False.
+
+        A database that was reachable before is an outage: waiting receives keep waiting and
+        complete when their message comes. One that never was is a mistake in the settings,
+        which waiting receives should hear about at once.
+        """
+        if isinstance(exc, DatabaseUnreachableError) and self._listener.has_connected:
+            logger.warning(
+                "receiving from %s failed (%s); retrying in %.1f s", self.queue, exc, self._backoff
+            )
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+            return True
+        logger.warning("receiving from %s failed: %s", self.queue, exc)
+        self.fail_waiters(exc)
+        return False
 
     def _serve_from_buffer(self) -> None:
         # A receiver on another loop may have left rows behind for channels waited on here.

@@ -87,6 +87,31 @@ async def empty_database_url(database_url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
+# What the layer needs at run time, and nothing more: no DDL, no ownership.
+RUNTIME_GRANTS = (
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON channel_layer_pg_message, "
+    "channel_layer_pg_group_member TO {role}"
+)
+
+
+@pytest.fixture
+async def runtime_role_url(database_url: str) -> AsyncIterator[str]:
+    """The test database, as a fresh role that holds only the layer's run-time privileges."""
+    role = f"clpg_runtime_{uuid.uuid4().hex[:8]}"
+    admin = await connect(database_url)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        await admin.execute(RUNTIME_GRANTS.format(role=f'"{role}"'))
+        yield make_url(database_url).set(username=role, password=None).render_as_string(hide_password=False)
+        await admin.execute(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+        )
+        await admin.execute(f'DROP OWNED BY "{role}"')
+        await admin.execute(f'DROP ROLE "{role}"')
+    finally:
+        await admin.close()
+
+
 async def connect(url: str) -> asyncpg.Connection:
     """A plain asyncpg connection to a URL in any of the forms the tests use."""
     parsed = make_url(url)

@@ -1,0 +1,84 @@
+"""Lost connections: killed sessions and server restarts cost latency, never messages."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy.engine import make_url
+
+from channel_layer_pg.reader import POLL_INTERVAL
+from tests.helpers import TIMEOUT, LayerFactory, Sql, receive
+
+# Shorter than the readers' safety-net poll: only the reconnect's own wake-up can meet it.
+WOKEN_WITHIN = POLL_INTERVAL * 0.6
+
+LAYER_SESSIONS = (
+    "FROM pg_stat_activity WHERE application_name = 'channel_layer_pg' "
+    "AND datname = current_database() AND pid <> pg_backend_pid()"
+)
+
+
+async def kill_layer_sessions(sql: Sql, *, only_listeners: bool = False, role: str | None = None) -> int:
+    """Terminate the layer's server sessions, as a restart would, and wait until they are gone."""
+    condition = " AND query LIKE 'LISTEN%'" if only_listeners else ""
+    if role is not None:
+        condition += f" AND usename = '{role}'"
+    pids = [row["pid"] for row in await sql(f"SELECT pid {LAYER_SESSIONS}{condition}")]
+    await sql("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", pids)
+    # The layer reconnects at once, so wait for these sessions to end, not for none to exist.
+    async with asyncio.timeout(TIMEOUT):
+        # Polling the server for an observable state, bounded: no event exists for it.
+        while (await sql("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = ANY($1)", pids))[0]["n"]:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    return len(pids)
+
+
+async def listening(sql: Sql) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        # Polling the server for an observable state, bounded: no event exists for it.
+        while not (await sql(f"SELECT count(*) AS n {LAYER_SESSIONS} AND query LIKE 'LISTEN%'"))[0]["n"]:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_a_waiting_receive_completes_after_its_listen_connection_is_killed(
+    make_layer: LayerFactory, sql: Sql
+) -> None:
+    receiver, sender = make_layer(), make_layer()
+    receiving = asyncio.create_task(receiver.receive("test.survivor"))
+    await listening(sql)
+    assert await kill_layer_sessions(sql, only_listeners=True) == 1
+    await sender.send("test.survivor", {"type": "after the kill"})
+    assert await asyncio.wait_for(receiving, WOKEN_WITHIN) == {"type": "after the kill"}
+
+
+async def test_sends_and_receives_work_after_every_pooled_session_is_killed(
+    make_layer: LayerFactory, sql: Sql
+) -> None:
+    layer = make_layer()
+    await layer.send("test.pool", {"type": "before"})
+    assert await receive(layer, "test.pool") == {"type": "before"}
+    assert await kill_layer_sessions(sql) >= 1
+    await layer.send("test.pool", {"type": "after"})
+    assert await receive(layer, "test.pool") == {"type": "after"}
+
+
+async def test_messages_sent_while_the_listener_was_down_are_delivered(
+    make_layer: LayerFactory, sql: Sql, runtime_role_url: str
+) -> None:
+    receiver, sender = make_layer(url=runtime_role_url), make_layer()
+    channel = await receiver.new_channel()
+    receiving = asyncio.create_task(receiver.receive(channel))
+    await listening(sql)
+    role = make_url(runtime_role_url).username
+    # Keep the receiver's listener from reconnecting while we send, so its NOTIFY is surely
+    # lost: only looking at the table again after reconnecting can deliver the message.
+    await sql(f'ALTER ROLE "{role}" NOLOGIN')
+    try:
+        # Every session of the receiver: a pooled one could otherwise become the new listener.
+        await kill_layer_sessions(sql, role=role)
+        await sender.send(channel, {"type": "sent during the outage"})
+        await sender.send(channel, {"type": "second"})
+    finally:
+        await sql(f'ALTER ROLE "{role}" LOGIN')
+    assert await asyncio.wait_for(receiving, WOKEN_WITHIN) == {"type": "sent during the outage"}
+    assert await receive(receiver, channel) == {"type": "second"}
