@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -11,7 +12,7 @@ from asgiref.sync import async_to_sync
 
 from channel_layer_pg import PostgresChannelLayer
 from channel_layer_pg.reader import QueueReader
-from tests.helpers import TIMEOUT, receive
+from tests.helpers import TIMEOUT, LayerFactory, Sql, receive
 
 
 async def test_async_to_sync_group_send_from_threads_reaches_a_receiver(layer: PostgresChannelLayer) -> None:
@@ -78,3 +79,38 @@ async def test_a_receive_cancelled_on_a_worker_loop_keeps_its_message(
     assert was_cancelled
     assert await receive(layer, "test.worker-cancel") == {"type": "first"}
     assert await receive(layer, "test.worker-cancel") == {"type": "second"}
+
+
+async def test_sync_calls_share_one_pool_instead_of_a_connection_each(
+    make_layer: LayerFactory, sql: Sql
+) -> None:
+    layer = make_layer(pool_size=2, max_overflow=0, capacity=1000)
+
+    def django_view(calls: int) -> None:
+        for n in range(calls):
+            async_to_sync(layer.send)("test.sync-calls", {"type": "n", "n": n})
+
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, django_view, 1)
+    opened = await layer_sessions(sql)
+    await asyncio.wait_for(loop.run_in_executor(None, django_view, 50), TIMEOUT)
+    assert await layer_sessions(sql) == opened
+    assert [(await receive(layer, "test.sync-calls"))["n"] for _ in range(51)] == [0, *range(50)]
+
+
+async def test_close_stops_the_io_thread(make_layer: LayerFactory) -> None:
+    layer = make_layer()
+    await asyncio.get_running_loop().run_in_executor(
+        None, lambda: async_to_sync(layer.send)("test.thread", {"type": "x"})
+    )
+    assert any(thread.name.startswith("channel_layer_pg-") for thread in threading.enumerate())
+    await layer.close()
+    assert not any(thread.name.startswith("channel_layer_pg-") for thread in threading.enumerate())
+
+
+async def layer_sessions(sql: Sql) -> int:
+    (row,) = await sql(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'channel_layer_pg' "
+        "AND datname = current_database()"
+    )
+    return int(row["n"])
