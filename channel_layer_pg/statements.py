@@ -30,7 +30,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from .schema import group_member, message
 
 _prefix = bindparam("prefix", type_=Text)
-_now = func.now()
+# now() is the start of the transaction: inside an application's transaction that may be long
+# ago, so a message would expire early and expired rows would still count against capacity.
+# For the layer's own autocommitted statements the two differ by microseconds.
+_now = func.statement_timestamp()
 
 
 def _build_enqueue() -> Select[Any]:
