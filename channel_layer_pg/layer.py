@@ -20,6 +20,7 @@ from .errors import ChannelFull, LayerClosedError
 from .iothread import IoThread
 from .naming import non_local_name, validate_channel_name, validate_group_name
 from .schema import message as message_table
+from .transactional import ApplicationConnection, TransactionalWriter, layer_identity
 
 T = TypeVar("T")
 
@@ -94,13 +95,29 @@ class PostgresChannelLayer:
             raise TypeError(f"invalid new_channel prefix {prefix!r}") from None
         return name
 
-    async def send(self, channel: str, message: dict[str, Any]) -> None:
-        """Queue ``message`` on ``channel``; raises ChannelFull if it holds ``capacity`` already."""
+    async def send(
+        self, channel: str, message: dict[str, Any], *, connection: ApplicationConnection | None = None
+    ) -> None:
+        """Queue ``message`` on ``channel``; raises ChannelFull if it holds ``capacity`` already.
+
+        With ``connection`` (an AsyncConnection or AsyncSession in a transaction on the layer's
+        database) the message is written in that transaction: sent if it commits, never if not.
+        """
         validate_channel_name(channel)
         payload = self._config.codec.encode(message)
         capacity = self._config.capacity_for(channel)
         queue = non_local_name(channel)
-        stored = await self._call(lambda backend: backend.send(payload, queue, channel, capacity))
+        if connection is None:
+            stored = await self._call(lambda backend: backend.send(payload, queue, channel, capacity))
+        else:
+            writer = await TransactionalWriter.join(
+                connection,
+                self._config,
+                layer_token=self.client_prefix,
+                layer_closed=self._closed,
+                layer_identity=lambda: self._call(layer_identity),
+            )
+            stored = await writer.send(payload, queue, channel, capacity)
         if not stored:
             raise ChannelFull(f"channel {channel!r} is full: it holds {capacity} unexpired messages")
 
@@ -141,8 +158,13 @@ class PostgresChannelLayer:
         parameters = {"prefix": self.prefix, "group": group, "channel": channel}
         await self._call(lambda backend: backend.execute(statements.GROUP_DISCARD, parameters))
 
-    async def group_send(self, group: str, message: dict[str, Any]) -> None:
-        """Send ``message`` to every member of ``group``; full members are skipped, not raised."""
+    async def group_send(
+        self, group: str, message: dict[str, Any], *, connection: ApplicationConnection | None = None
+    ) -> None:
+        """Send ``message`` to every member of ``group``; full members are skipped, not raised.
+
+        ``connection`` makes it transactional, as for ``send``.
+        """
         validate_group_name(group)
         payload = self._config.codec.encode(message)
         parameters = {"prefix": self.prefix, "group": group}
@@ -155,7 +177,17 @@ class PostgresChannelLayer:
             ]
             return (await backend.enqueue(payload, targets) if targets else 0), len(targets)
 
-        stored, members = await self._call(fan_out)
+        if connection is None:
+            stored, members = await self._call(fan_out)
+        else:
+            writer = await TransactionalWriter.join(
+                connection,
+                self._config,
+                layer_token=self.client_prefix,
+                layer_closed=self._closed,
+                layer_identity=lambda: self._call(layer_identity),
+            )
+            stored, members = await writer.group_send(payload, group)
         if stored < members:
             logger.info(
                 "group_send to %r skipped %d of %d members: their channels are full",

@@ -1,7 +1,9 @@
 """The layer's SQL, built once as SQLAlchemy Core statements with bound parameters only.
 
-Every statement is a single autocommitted statement: PostgreSQL runs it atomically, so a
-cancelled caller leaves either all of it or none of it behind.
+Every statement is a single statement: PostgreSQL runs it atomically, so a cancelled caller
+leaves either all of it or none of it behind. The layer autocommits each one; a transactional
+send (``connection=``) runs SEND, ENQUEUE and GROUP_MEMBERS inside the application's own
+transaction instead, which is why "now" below is the statement's time, not the transaction's.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    cast,
     delete,
     func,
     insert,
@@ -24,7 +27,7 @@ from sqlalchemy import (
     literal_column,
     select,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, OID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from .schema import group_member, message
@@ -204,6 +207,18 @@ GROUP_MEMBERS = (
     .order_by(group_member.c.channel)
 )
 
+# Which database a session is in, compared between the layer's connection and an application's
+# before a transactional send. The system identifier is set by initdb and survives restarts, so
+# it names the server however a session reaches it (host name, address, socket); the database
+# name is unique within it; the table's oid is whatever the session's search_path makes the name
+# mean (None if nothing). Every part is readable by any role that may use the layer.
+_control = func.pg_control_system().table_valued("system_identifier").alias("control")
+DATABASE_IDENTITY = select(
+    select(_control.c.system_identifier).scalar_subquery().label("system"),
+    func.current_database().label("database"),
+    cast(func.to_regclass(bindparam("table", message.name, type_=Text)), OID).label("message_table"),
+)
+
 FLUSH_MESSAGES = delete(message).where(message.c.prefix == _prefix)
 FLUSH_GROUPS = delete(group_member).where(group_member.c.prefix == _prefix)
 
@@ -233,6 +248,7 @@ DELETE_LAPSED_MEMBERS = delete(group_member).where(
 
 __all__ = [
     "CLAIM",
+    "DATABASE_IDENTITY",
     "DELETE_EXPIRED_MESSAGES",
     "DELETE_LAPSED_MEMBERS",
     "ENQUEUE",
