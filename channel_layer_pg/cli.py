@@ -16,6 +16,7 @@ from .config import URL_ENV_VAR
 from .demo import DemoError, run_demo, run_worker
 from .errors import ChannelLayerError
 from .migrate import migrate
+from .web_demo.serve import run_web_demo
 
 PROG = "channel-layer-pg"
 
@@ -33,7 +34,12 @@ _USER_ERRORS = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo" and not args.web:
+        web_only = [option for option in ("workers", "port", "host") if getattr(args, option) is not None]
+        if web_only:
+            parser.error(f"--{web_only[0]} applies to the web demo only: add --web")
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)-5.5s [%(name)s] %(message)s", stream=sys.stderr
     )
@@ -43,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             return _migrate(args.url, args.revision)
+        if args.command == "demo" and args.web:
+            return run_web_demo(
+                args.url, host=args.host or "127.0.0.1", port=args.port or 8000, workers=args.workers or 2
+            )
         if args.command == "demo":
             return run_demo(args.url, args.messages)
         url = _url(args.url, args.command)
@@ -102,19 +112,35 @@ def _parser() -> argparse.ArgumentParser:
 
     demo_parser = commands.add_parser(
         "demo",
-        help="watch two processes talk through PostgreSQL",
-        description="Request/reply and a group send between this process and a worker process.",
+        help="watch processes talk through PostgreSQL, in the terminal or (--web) in a browser",
+        description="Request/reply and a group send between this process and a worker process; "
+        "with --web, a chat page served by several worker processes.",
     )
     demo_parser.add_argument("--url", help="the database (default: a throwaway embedded PostgreSQL)")
     demo_parser.add_argument(
         "--messages", type=_positive, default=200, metavar="N", help="how many pings to time (default: 200)"
     )
+    demo_parser.add_argument(
+        "--web", action="store_true", help="serve a chat page instead (needs the web extra)"
+    )
+    demo_parser.add_argument(
+        "--workers", type=_positive, metavar="N", help="with --web: uvicorn worker processes (default: 2)"
+    )
+    demo_parser.add_argument("--port", type=_port, help="with --web: the port to serve on (default: 8000)")
+    demo_parser.add_argument("--host", help="with --web: the address to serve on (default: 127.0.0.1)")
 
     # No help= at all: argparse would list a SUPPRESSed help as "==SUPPRESS==".
     worker_parser = commands.add_parser("demo-worker")
     worker_parser.add_argument("--url", help=f"the database (default: ${URL_ENV_VAR})")
     worker_parser.add_argument("--prefix", required=True)
     return parser
+
+
+def _port(text: str) -> int:
+    port = _positive(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, not {port}")
+    return port
 
 
 def _positive(text: str) -> int:
