@@ -18,6 +18,7 @@ from . import statements
 from .buffer import Claimed, ClaimedBuffer
 from .config import LayerConfig
 from .database import StatementRunner, create_engine
+from .fanout import Target, enqueue_parameters
 from .listener import Listener
 from .naming import topic_for
 from .reader import QueueReader
@@ -54,23 +55,11 @@ class LoopBackend:
     async def execute(self, statement: Executable, parameters: dict[str, Any]) -> int:
         return await self._statements.execute(statement, parameters)
 
-    async def enqueue(self, payload: bytes, targets: Sequence[tuple[str, str, int]]) -> int:
-        """Store ``payload`` once per (queue, channel, capacity) target with room; how many were."""
+    async def enqueue(self, payload: bytes, targets: Sequence[Target]) -> set[str]:
+        """Store ``payload`` once per target with room; the queues it was stored in."""
         self._ensure_cleanup()
-        prefix = self._config.prefix
-        (row,) = await self.fetch(
-            statements.ENQUEUE,
-            {
-                "prefix": prefix,
-                "expiry": self._config.expiry,
-                "payload": payload,
-                "queues": [queue for queue, _, _ in targets],
-                "channels": [channel for _, channel, _ in targets],
-                "capacities": [capacity for _, _, capacity in targets],
-                "topics": [topic_for(prefix, queue) for queue, _, _ in targets],
-            },
-        )
-        return int(row["inserted"])
+        parameters = enqueue_parameters(self._config.prefix, self._config.expiry, payload, targets)
+        return {row["queue"] for row in await self.fetch(statements.ENQUEUE, parameters)}
 
     async def send(self, payload: bytes, queue: str, channel: str, capacity: int) -> bool:
         """Store ``payload`` for ``channel`` unless its queue is full; whether it was stored."""
@@ -130,7 +119,12 @@ class LoopBackend:
             statements.CLAIM,
             {"prefix": self._config.prefix, "queue": queue, "channels": channels, "limit": limit},
         )
-        return [Claimed(row["id"], row["channel"], row["expires_at"], row["payload"]) for row in rows]
+        claimed = []
+        for row in rows:
+            # A group message stored once for this process is one delivery per local member.
+            for channel in row["recipients"] or (row["channel"],):
+                claimed.append(Claimed(row["id"], channel, row["expires_at"], row["payload"]))
+        return claimed
 
     def _forget(self, reader: QueueReader) -> None:
         if self._readers.get(reader.queue) is reader:
@@ -145,6 +139,7 @@ class LoopBackend:
     async def _clean_periodically(self) -> None:
         while True:
             await asyncio.sleep(CLEANUP_INTERVAL)
+            self._buffer.drop_expired()
             try:
                 await self.delete_expired()
             except Exception as exc:

@@ -1,14 +1,21 @@
 """Messages claimed from the table that no receiver has taken yet, shared by all event loops.
 
-A message lands here when its receiver was cancelled after the claim, or when a batch claimed
-more for a channel than it had waiters. The buffer belongs to the layer, not to one loop, so
-the next receive on the channel gets it first, on whichever loop that receive runs.
+A message lands here when its receiver was cancelled after the claim, when a batch claimed
+more for a channel than it had waiters, or when a group message claimed for one local member
+is also for others that are not receiving right now. The buffer belongs to the layer, not to
+one loop, so the next receive on the channel gets it first, on whichever loop that runs.
+
+Each channel holds at most its capacity here; past that the oldest message is dropped (and
+logged), as a full channel would have refused it, so a member that stopped receiving without
+leaving its groups cannot grow the process without bound.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -23,8 +30,12 @@ class Claimed:
     payload: bytes
 
 
+logger = logging.getLogger("channel_layer_pg")
+
+
 class ClaimedBuffer:
-    def __init__(self) -> None:
+    def __init__(self, capacity_for: Callable[[str], int]) -> None:
+        self._capacity_for = capacity_for
         self._rows: dict[str, deque[Claimed]] = {}
         self._lock = threading.Lock()  # receives on the I/O thread and the main loop share it
 
@@ -45,7 +56,15 @@ class ClaimedBuffer:
     def put_back(self, row: Claimed) -> None:
         """Queue ``row`` behind what is buffered for its channel (it was claimed later)."""
         with self._lock:
-            self._rows.setdefault(row.channel, deque()).append(row)
+            rows = self._rows.setdefault(row.channel, deque())
+            rows.append(row)
+            if len(rows) > self._capacity_for(row.channel):
+                rows.popleft()
+                logger.warning(
+                    "dropped the oldest message buffered for %r: it holds its capacity of messages "
+                    "nobody received",
+                    row.channel,
+                )
 
     def put_front(self, row: Claimed) -> None:
         """Queue ``row`` first in line: its receiver was cancelled, and it is the oldest."""
@@ -55,6 +74,21 @@ class ClaimedBuffer:
     def holds(self, channel: str) -> bool:
         with self._lock:
             return bool(self._rows.get(channel))
+
+    def drop_expired(self) -> int:
+        """Forget expired messages, also of channels nobody receives on any more; how many."""
+        now = datetime.now(timezone.utc)
+        dropped = 0
+        with self._lock:
+            for channel in list(self._rows):
+                rows = self._rows[channel]
+                kept = deque(row for row in rows if row.expires_at > now)
+                dropped += len(rows) - len(kept)
+                if kept:
+                    self._rows[channel] = kept
+                else:
+                    del self._rows[channel]
+        return dropped
 
     def clear(self) -> None:
         with self._lock:

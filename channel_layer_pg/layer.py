@@ -17,6 +17,7 @@ from .backend import LoopBackend
 from .buffer import Claimed, ClaimedBuffer
 from .config import build_config
 from .errors import ChannelFull, LayerClosedError
+from .fanout import members_reached, targets_for
 from .iothread import IoThread
 from .naming import non_local_name, validate_channel_name, validate_group_name
 from .schema import message as message_table
@@ -53,7 +54,7 @@ class PostgresChannelLayer:
         # The application's main loop is served directly; every other loop (async_to_sync's
         # per-call loops, loops in worker threads) through the layer's own I/O thread.
         self._home: tuple[asyncio.AbstractEventLoop, LoopBackend] | None = None
-        self._buffer = ClaimedBuffer()
+        self._buffer = ClaimedBuffer(self._config.capacity_for)
         self._io = IoThread(name=f"channel_layer_pg-{self.client_prefix}")
         self._io_backend: LoopBackend | None = None
         # async_to_sync calls arrive from several threads at once; one I/O backend serves them.
@@ -119,6 +120,11 @@ class PostgresChannelLayer:
             )
             stored = await writer.send(payload, queue, channel, capacity)
         if not stored:
+            if queue != channel:
+                raise ChannelFull(
+                    f"channel {channel!r} is full: the process-local channels under {queue!r} share "
+                    f"one capacity of {capacity} unexpired messages, and they hold that many"
+                )
             raise ChannelFull(f"channel {channel!r} is full: it holds {capacity} unexpired messages")
 
     async def receive(self, channel: str) -> dict[str, Any]:
@@ -171,11 +177,9 @@ class PostgresChannelLayer:
 
         async def fan_out(backend: LoopBackend) -> tuple[int, int]:
             rows = await backend.fetch(statements.GROUP_MEMBERS, parameters)
-            channels = [row["channel"] for row in rows]
-            targets = [
-                (non_local_name(channel), channel, self._config.capacity_for(channel)) for channel in channels
-            ]
-            return (await backend.enqueue(payload, targets) if targets else 0), len(targets)
+            targets = targets_for((row["channel"] for row in rows), self._config.capacity_for)
+            stored = await backend.enqueue(payload, targets) if targets else set()
+            return members_reached(targets, stored), sum(target.members for target in targets)
 
         if connection is None:
             stored, members = await self._call(fan_out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, DateTime, Identity, Index, LargeBinary, MetaData, Table, Text
+from sqlalchemy.dialects.postgresql import ARRAY
 
 metadata = MetaData()
 
@@ -10,7 +11,9 @@ VERSION_TABLE = "channel_layer_pg_alembic_version"  # ours, so the host app's Al
 
 # One row per undelivered message. "queue" is what readers claim from and capacity counts:
 # the channel name itself, or for a process-local channel its non-local part ("x.abc!"), so
-# one process claims all its local traffic with one statement.
+# one process claims all its local traffic with one statement. A group_send stores one row
+# per receiving process, not per member: "recipients" then lists the process-local channels
+# it is for ("channel" holds the non-local part), and the receiving process fans it out.
 message = Table(
     "channel_layer_pg_message",
     metadata,
@@ -20,6 +23,7 @@ message = Table(
     Column("channel", Text, nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("payload", LargeBinary, nullable=False),
+    Column("recipients", ARRAY(Text), nullable=True),
     Index("channel_layer_pg_message_queue_idx", "prefix", "queue", "id"),
     Index("channel_layer_pg_message_expires_idx", "expires_at"),
 )

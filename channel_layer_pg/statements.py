@@ -25,6 +25,7 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
+    or_,
     select,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, OID
@@ -40,73 +41,56 @@ _now = func.statement_timestamp()
 
 
 def _build_enqueue() -> Select[Any]:
-    """Insert one copy of a payload per target, skipping targets whose queue is full; NOTIFY.
+    """Store one copy of a group message per target with room, and wake each one's readers.
 
-    Targets arrive as parallel arrays (queue, channel, capacity, topic), one element for send
-    and one per member for group_send. A target is inserted only while its queue's live rows
-    plus the targets before it for that same queue stay within its capacity, so one statement
-    never overfills a queue that several members share. Returns how many rows were inserted.
+    Targets arrive as parallel arrays (see fanout.Target): a normal channel, or one process
+    with the space-separated list of its local members. Every target has a queue of its own,
+    so each is checked against its own queue's live rows. Returns the queues stored to.
     """
     targets = (
         func.unnest(
             bindparam("queues", type_=ARRAY(Text)),
             bindparam("channels", type_=ARRAY(Text)),
+            bindparam("recipients", type_=ARRAY(Text)),
             bindparam("capacities", type_=ARRAY(BigInteger)),
             bindparam("topics", type_=ARRAY(Text)),
         )
-        .table_valued("queue", "channel", "capacity", "topic", with_ordinality="ord")
+        .table_valued("queue", "channel", "recipients", "capacity", "topic", with_ordinality="ord")
         .render_derived(with_types=False)
-        .alias("target")
     )
-    candidate = select(
-        targets.c.queue,
-        targets.c.channel,
-        targets.c.capacity,
-        targets.c.topic,
-        targets.c.ord,
-        func.row_number().over(partition_by=targets.c.queue, order_by=targets.c.ord).label("position"),
-    ).cte("candidate")
-
+    target = targets.alias("target")
     live = (
         select(literal(1))
         .where(
             message.c.prefix == _prefix,
-            message.c.queue == candidate.c.queue,
+            message.c.queue == target.c.queue,
             message.c.expires_at > _now,
         )
-        .limit(candidate.c.capacity)
-        .correlate(candidate)
+        .limit(target.c.capacity)
+        .correlate(target)
         .subquery("live")
     )
-    live_count = select(func.count()).select_from(live).scalar_subquery()
-
     rows = (
         select(
             _prefix,
-            candidate.c.queue,
-            candidate.c.channel,
+            target.c.queue,
+            target.c.channel,
+            func.string_to_array(func.nullif(target.c.recipients, ""), " "),
             _now + bindparam("expiry", type_=Interval),
             bindparam("payload", type_=LargeBinary),
         )
-        .where(candidate.c.position + live_count <= candidate.c.capacity)
-        .order_by(candidate.c.ord)
+        .where(select(func.count()).select_from(live).scalar_subquery() < target.c.capacity)
+        .order_by(target.c.ord)
     )
     inserted = (
         insert(message)
-        .from_select(["prefix", "queue", "channel", "expires_at", "payload"], rows)
+        .from_select(["prefix", "queue", "channel", "recipients", "expires_at", "payload"], rows)
         .returning(message.c.queue)
         .cte("inserted")
     )
-    woken = (
-        select(candidate.c.topic)
-        .distinct()
-        .where(candidate.c.queue.in_(select(inserted.c.queue)))
-        .subquery("woken")
-    )
-    notified = select(func.count(func.pg_notify(woken.c.topic, literal("")))).scalar_subquery()
-    return select(
-        select(func.count()).select_from(inserted).scalar_subquery().label("inserted"),
-        notified.label("notified"),
+    woken = targets.alias("woken")
+    return select(inserted.c.queue, func.pg_notify(woken.c.topic, literal("")).label("notified")).join_from(
+        inserted, woken, woken.c.queue == inserted.c.queue
     )
 
 
@@ -145,6 +129,7 @@ def _build_send() -> Select[Any]:
 
 SEND = _build_send()
 
+_waiting = bindparam("channels", type_=ARRAY(Text))
 # FOR UPDATE SKIP LOCKED lets concurrent readers of one queue claim disjoint rows; the DELETE
 # makes the claim and the removal one atomic step, so no message can reach two readers.
 _claimable = (
@@ -152,7 +137,8 @@ _claimable = (
     .where(
         message.c.prefix == _prefix,
         message.c.queue == bindparam("queue", type_=Text),
-        message.c.channel == any_(bindparam("channels", type_=ARRAY(Text))),
+        # Direct messages for a waiting channel, and group messages with one among their recipients.
+        or_(message.c.channel == any_(_waiting), message.c.recipients.overlap(_waiting)),
         message.c.expires_at > _now,
     )
     .order_by(message.c.id)
@@ -162,7 +148,7 @@ _claimable = (
 CLAIM = (
     delete(message)
     .where(message.c.id.in_(_claimable))
-    .returning(message.c.id, message.c.channel, message.c.expires_at, message.c.payload)
+    .returning(message.c.id, message.c.channel, message.c.recipients, message.c.expires_at, message.c.payload)
 )
 
 _member_expiry = bindparam("member_expires_at_interval", type_=Interval)

@@ -8,7 +8,7 @@ exists for it. The layer never commits or rolls back that transaction.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy.engine import Connection, Engine, Result
@@ -21,7 +21,8 @@ from . import statements
 from .config import LayerConfig
 from .database import MIGRATE_HINT
 from .errors import LayerClosedError, SchemaMissingError
-from .naming import non_local_name, topic_for
+from .fanout import enqueue_parameters, members_reached, targets_for
+from .naming import topic_for
 
 if TYPE_CHECKING:
     from .backend import LoopBackend
@@ -110,26 +111,15 @@ class TransactionalWriter:
         return bool(result.scalar_one())
 
     async def group_send(self, payload: bytes, group: str) -> tuple[int, int]:
-        """Store ``payload`` for every member of ``group`` with room; (stored, members)."""
+        """Store ``payload`` for every member of ``group`` with room; (reached, members)."""
         prefix = self._config.prefix
         result = await self._execute(statements.GROUP_MEMBERS, {"prefix": prefix, "group": group})
-        channels: Sequence[str] = result.scalars().all()
-        if not channels:
+        targets = targets_for(result.scalars().all(), self._config.capacity_for)
+        if not targets:
             return 0, 0
-        queues = [non_local_name(channel) for channel in channels]
-        result = await self._execute(
-            statements.ENQUEUE,
-            {
-                "prefix": prefix,
-                "expiry": self._config.expiry,
-                "payload": payload,
-                "queues": queues,
-                "channels": list(channels),
-                "capacities": [self._config.capacity_for(channel) for channel in channels],
-                "topics": [topic_for(prefix, queue) for queue in queues],
-            },
-        )
-        return int(result.scalar_one()), len(channels)
+        parameters = enqueue_parameters(prefix, self._config.expiry, payload, targets)
+        stored = {row.queue for row in await self._execute(statements.ENQUEUE, parameters)}
+        return members_reached(targets, stored), sum(target.members for target in targets)
 
     async def _execute(self, statement: Executable, parameters: dict[str, Any]) -> Result[Any]:
         # Not shielded, unlike the layer's own statements: the connection and its transaction

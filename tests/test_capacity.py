@@ -65,11 +65,13 @@ async def test_group_send_skips_full_members_and_logs_how_many(
     assert await receive(layer, "test.full-member") == {"type": "already queued"}
 
 
-async def test_one_group_send_does_not_overfill_a_shared_local_queue(make_layer: LayerFactory) -> None:
+async def test_a_group_send_counts_once_against_a_process_shared_capacity(make_layer: LayerFactory) -> None:
     layer = make_layer(capacity=3)
     channels = [await layer.new_channel() for _ in range(5)]
     for channel in channels:
         await layer.group_add("locals", channel)
-    await layer.group_send("locals", {"type": "broadcast"})
-    with pytest.raises(ChannelFull):
-        await layer.send(channels[0], {"type": "the queue holds 3 already"})
+    await layer.group_send("locals", {"type": "broadcast"})  # one row for the process
+    await layer.send(channels[0], {"type": "second"})
+    await layer.send(channels[1], {"type": "third"})
+    with pytest.raises(ChannelFull, match="share one capacity of 3"):
+        await layer.send(channels[2], {"type": "fourth"})

@@ -82,3 +82,29 @@ async def test_flush_drops_messages_claimed_but_not_yet_received(layer: Postgres
     assert await asyncio.wait_for(receiving, 10) == {"type": "one"}
     await layer.flush()
     assert await nothing_arrives(layer, "test.claimed")
+
+
+async def test_a_group_larger_than_capacity_reaches_every_member_in_a_process(
+    make_layer: LayerFactory, sql: Sql
+) -> None:
+    layer = make_layer(capacity=100)
+    members = [await layer.new_channel() for _ in range(200)]
+    for channel in members:
+        await layer.group_add("crowd", channel)
+    await layer.group_send("crowd", {"type": "to all 200"})
+    (row,) = await sql("SELECT count(*) AS n FROM channel_layer_pg_message WHERE prefix = $1", layer.prefix)
+    assert row["n"] == 1  # one row for the whole process, fanned out when received
+    got = await asyncio.wait_for(asyncio.gather(*(layer.receive(c) for c in members)), 10)
+    assert got == [{"type": "to all 200"}] * 200
+
+
+async def test_a_member_that_stops_receiving_buffers_at_most_its_capacity(make_layer: LayerFactory) -> None:
+    layer = make_layer(capacity=3)
+    active, idle = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("room", active)
+    await layer.group_add("room", idle)
+    for n in range(5):
+        await layer.group_send("room", {"type": "n", "n": n})
+        assert (await receive(layer, active))["n"] == n
+    assert [(await receive(layer, idle))["n"] for _ in range(3)] == [2, 3, 4]
+    assert await nothing_arrives(layer, idle)
