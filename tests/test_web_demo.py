@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
 import urllib.request
 import uuid
 from pathlib import Path
@@ -14,12 +16,13 @@ import pytest
 
 from tests.asgi import get, join, lifespan, refused
 from tests.helpers import TIMEOUT
-from tests.web_demo import next_event, running, running_demo
+from tests.web_demo import free_port, interrupt, next_event, running, running_demo
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 websockets_client = pytest.importorskip("websockets.asyncio.client")
 
+from channel_layer_pg.cli import main  # noqa: E402
 from channel_layer_pg.web_demo.app import create_app  # noqa: E402
 
 
@@ -110,17 +113,51 @@ async def test_the_command_serves_from_two_workers_and_messages_cross_between_th
                         ("Alice", alice_pid, "across processes"),
                         ("Bob", bob_pid, "and back"),
                     ]
+        # Stopped by `kill` rather than Ctrl-C, it still takes its workers with it.
+        assert await interrupt(demo, signal.SIGTERM) == 0, "\n".join(demo.output)
+    assert not any(running(pid) for pid in demo.pids)
 
 
-async def test_ctrl_c_stops_the_workers_and_the_embedded_postgres() -> None:
+async def test_ctrl_c_stops_the_workers_and_the_embedded_postgres(room: str) -> None:
     async with running_demo("--workers=2") as demo:
         socket_directory, postmaster = _embedded_server(demo.output)
         assert running(postmaster)
-        workers = demo.pids
-    assert demo.process.returncode == 0, demo.output
+        # Someone still chatting when Ctrl-C comes: the worker closes the socket and leaves the room.
+        member = await websockets_client.connect(f"{demo.ws}/ws/{room}?name=Alice", open_timeout=TIMEOUT)
+        await next_event(member, "welcome")
+        assert await interrupt(demo) == 0, "\n".join(demo.output)
+    await asyncio.wait_for(member.wait_closed(), TIMEOUT)
+    assert member.close_code == 1012  # "service restart": uvicorn's graceful shutdown
     assert "stopping the embedded PostgreSQL" in demo.output
-    assert not any(running(pid) for pid in [*workers, postmaster])
+    assert not [line for line in demo.output if "Traceback" in line or "ERROR" in line], demo.output
+    assert not any(running(pid) for pid in [*demo.pids, postmaster])
     assert not await asyncio.to_thread(socket_directory.exists)
+
+
+async def test_refuses_a_database_without_the_schema_naming_the_migrate_command(
+    empty_database_url: str,
+) -> None:
+    command = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "channel_layer_pg",
+        "demo",
+        "--web",
+        f"--url={empty_database_url}",
+        f"--port={free_port()}",
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    _, error = await asyncio.wait_for(command.communicate(), TIMEOUT)
+    assert command.returncode == 1
+    assert "channel_layer_pg migrate" in error.decode()
+
+
+def test_web_options_need_web(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--workers=3"])
+    assert exit_.value.code == 2
+    assert "--workers applies to the web demo only: add --web" in capsys.readouterr().err
 
 
 async def _connect_to_another_worker(url: str, other_pid: int) -> tuple[Any, int]:

@@ -59,10 +59,16 @@ async def running_demo(*options: str) -> AsyncIterator[Demo]:
         await interrupt(demo)
 
 
-async def interrupt(demo: Demo) -> int:
-    """Press Ctrl-C: SIGINT to the demo's process group; its exit code once it has stopped."""
+async def interrupt(demo: Demo, how: signal.Signals = signal.SIGINT) -> int:
+    """Press Ctrl-C (SIGINT to the demo's process group), or ``kill`` it with ``how``.
+
+    Returns its exit code once it has stopped.
+    """
     if demo.process.returncode is None:
-        os.killpg(demo.process.pid, signal.SIGINT)
+        if how == signal.SIGINT:
+            os.killpg(demo.process.pid, how)
+        else:
+            demo.process.send_signal(how)
         try:
             rest = await asyncio.wait_for(demo.process.communicate(), TIMEOUT + 10)
         except asyncio.TimeoutError:
