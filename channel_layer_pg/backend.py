@@ -41,7 +41,6 @@ class LoopBackend:
         self._config = config
         self._buffer = buffer
         self._on_buffered = on_buffered
-        self._closed = False
         self.engine: AsyncEngine
         self.engine, self._owns_engine = create_engine(config, use_given_engine=use_given_engine)
         self._statements = StatementRunner(self.engine, config)
@@ -83,11 +82,6 @@ class LoopBackend:
         self._ensure_cleanup()
         return await self._reader(queue).receive(channel)
 
-    def hand_back(self, queue: str, row: Claimed) -> None:
-        """Give back a message whose receiver (on another event loop) was cancelled."""
-        if not self._closed:
-            self._reader(queue).hand_back(row)
-
     def _reader(self, queue: str) -> QueueReader:
         reader = self._readers.get(queue)
         if reader is None:
@@ -104,7 +98,6 @@ class LoopBackend:
         return reader
 
     async def close(self, exc: BaseException) -> None:
-        self._closed = True
         if self._cleanup_task is not None:
             self._cleanup_task.cancel()
             await asyncio.gather(self._cleanup_task, return_exceptions=True)
@@ -119,11 +112,13 @@ class LoopBackend:
             statements.CLAIM,
             {"prefix": self._config.prefix, "queue": queue, "channels": channels, "limit": limit},
         )
-        claimed = []
+        waiting = set(channels)
+        claimed: list[Claimed] = []
         for row in rows:
-            # A group message stored once for this process is one delivery per local member.
-            for channel in row["recipients"] or (row["channel"],):
-                claimed.append(Claimed(row["id"], channel, row["expires_at"], row["payload"]))
+            # A group message stored once for this process: a delivery per waiting recipient.
+            recipients = row["recipients"]
+            targets = [c for c in recipients if c in waiting] if recipients else [row["channel"]]
+            claimed.extend(Claimed(row["id"], c, row["expires_at"], row["payload"]) for c in targets)
         return claimed
 
     def _forget(self, reader: QueueReader) -> None:

@@ -1,21 +1,15 @@
 """Messages claimed from the table that no receiver has taken yet, shared by all event loops.
 
-A message lands here when its receiver was cancelled after the claim, when a batch claimed
-more for a channel than it had waiters, or when a group message claimed for one local member
-is also for others that are not receiving right now. The buffer belongs to the layer, not to
-one loop, so the next receive on the channel gets it first, on whichever loop that runs.
-
-Each channel holds at most its capacity here; past that the oldest message is dropped (and
-logged), as a full channel would have refused it, so a member that stopped receiving without
-leaving its groups cannot grow the process without bound.
+A message lands here when its receiver was cancelled after the claim, or when a batch
+claimed more for a channel than it had waiters; claims ask for at most one row per waiter, so
+it stays small. The buffer belongs to the layer, not to one loop, so the next receive on the
+channel gets it first, on whichever loop that receive runs.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -30,12 +24,8 @@ class Claimed:
     payload: bytes
 
 
-logger = logging.getLogger("channel_layer_pg")
-
-
 class ClaimedBuffer:
-    def __init__(self, capacity_for: Callable[[str], int]) -> None:
-        self._capacity_for = capacity_for
+    def __init__(self) -> None:
         self._rows: dict[str, deque[Claimed]] = {}
         self._lock = threading.Lock()  # receives on the I/O thread and the main loop share it
 
@@ -56,15 +46,7 @@ class ClaimedBuffer:
     def put_back(self, row: Claimed) -> None:
         """Queue ``row`` behind what is buffered for its channel (it was claimed later)."""
         with self._lock:
-            rows = self._rows.setdefault(row.channel, deque())
-            rows.append(row)
-            if len(rows) > self._capacity_for(row.channel):
-                rows.popleft()
-                logger.warning(
-                    "dropped the oldest message buffered for %r: it holds its capacity of messages "
-                    "nobody received",
-                    row.channel,
-                )
+            self._rows.setdefault(row.channel, deque()).append(row)
 
     def put_front(self, row: Claimed) -> None:
         """Queue ``row`` first in line: its receiver was cancelled, and it is the oldest."""

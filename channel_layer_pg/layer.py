@@ -19,7 +19,7 @@ from .config import build_config
 from .errors import ChannelFull, LayerClosedError
 from .fanout import members_reached, targets_for
 from .iothread import IoThread
-from .naming import non_local_name, validate_channel_name, validate_group_name
+from .naming import is_process_local, non_local_name, validate_channel_name, validate_group_name
 from .schema import message as message_table
 from .transactional import ApplicationConnection, TransactionalWriter, layer_identity
 
@@ -54,7 +54,7 @@ class PostgresChannelLayer:
         # The application's main loop is served directly; every other loop (async_to_sync's
         # per-call loops, loops in worker threads) through the layer's own I/O thread.
         self._home: tuple[asyncio.AbstractEventLoop, LoopBackend] | None = None
-        self._buffer = ClaimedBuffer(self._config.capacity_for)
+        self._buffer = ClaimedBuffer()
         self._io = IoThread(name=f"channel_layer_pg-{self.client_prefix}")
         self._io_backend: LoopBackend | None = None
         # async_to_sync calls arrive from several threads at once; one I/O backend serves them.
@@ -135,7 +135,8 @@ class PostgresChannelLayer:
         """
         validate_channel_name(channel)
         queue = non_local_name(channel)
-        if queue != channel and not queue.endswith(f".{self.client_prefix}!"):
+        # Any name with "!" is process-local, "x.abc!" (empty local part) included.
+        if is_process_local(channel) and not queue.endswith(f".{self.client_prefix}!"):
             raise ValueError(
                 f"{channel!r} is a process-local channel of another layer instance; "
                 "only the instance whose new_channel() made it can receive on it"

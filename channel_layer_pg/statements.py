@@ -12,10 +12,12 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    CompoundSelect,
     Interval,
     LargeBinary,
     Select,
     Text,
+    all_,
     and_,
     any_,
     bindparam,
@@ -27,6 +29,8 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    union_all,
+    update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, OID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -129,27 +133,53 @@ def _build_send() -> Select[Any]:
 
 SEND = _build_send()
 
-_waiting = bindparam("channels", type_=ARRAY(Text))
-# FOR UPDATE SKIP LOCKED lets concurrent readers of one queue claim disjoint rows; the DELETE
-# makes the claim and the removal one atomic step, so no message can reach two readers.
-_claimable = (
-    select(message.c.id)
-    .where(
-        message.c.prefix == _prefix,
-        message.c.queue == bindparam("queue", type_=Text),
-        # Direct messages for a waiting channel, and group messages with one among their recipients.
-        or_(message.c.channel == any_(_waiting), message.c.recipients.overlap(_waiting)),
-        message.c.expires_at > _now,
+
+def _build_claim() -> CompoundSelect[Any]:
+    """Claim the oldest messages for the waiting channels of one queue, at most ``limit`` rows.
+
+    FOR UPDATE SKIP LOCKED lets concurrent readers of a queue claim disjoint rows, and the claim
+    and the removal are one atomic statement, so no message can reach two readers. A direct
+    message is deleted. A per-process group message gives up only the recipients that are
+    waiting (the row goes once none is left): the others keep their copy in the table, in
+    id order with their direct messages, so a member that is not receiving now still gets
+    its messages in the order they were stored. Returns each row with its recipients as they
+    were before the claim; the reader delivers to those among the waiting channels.
+    """
+    waiting = bindparam("channels", type_=ARRAY(Text))
+    picked = (
+        select(message.c.id, message.c.recipients)
+        .where(
+            message.c.prefix == _prefix,
+            message.c.queue == bindparam("queue", type_=Text),
+            or_(
+                and_(message.c.recipients.is_(None), message.c.channel == any_(waiting)),
+                message.c.recipients.overlap(waiting),
+            ),
+            message.c.expires_at > _now,
+        )
+        .order_by(message.c.id)
+        .limit(bindparam("limit", type_=BigInteger))
+        .with_for_update(skip_locked=True)
+        .cte("picked")
     )
-    .order_by(message.c.id)
-    .limit(bindparam("limit", type_=BigInteger))
-    .with_for_update(skip_locked=True)
-)
-CLAIM = (
-    delete(message)
-    .where(message.c.id.in_(_claimable))
-    .returning(message.c.id, message.c.channel, message.c.recipients, message.c.expires_at, message.c.payload)
-)
+    delivered_all = or_(picked.c.recipients.is_(None), picked.c.recipients.contained_by(waiting))
+    columns = (message.c.id, message.c.channel, picked.c.recipients, message.c.expires_at, message.c.payload)
+    deleted = (
+        delete(message).where(message.c.id == picked.c.id, delivered_all).returning(*columns).cte("deleted")
+    )
+    recipient = func.unnest(message.c.recipients).column_valued("recipient")
+    others = select(func.array_agg(recipient)).where(recipient != all_(waiting)).scalar_subquery()
+    updated = (
+        update(message)
+        .where(message.c.id == picked.c.id, ~delivered_all)
+        .values(recipients=others)
+        .returning(*columns)
+        .cte("updated")
+    )
+    return union_all(select(deleted), select(updated))
+
+
+CLAIM = _build_claim()
 
 _member_expiry = bindparam("member_expires_at_interval", type_=Interval)
 _group_add_values = pg_insert(group_member).values(

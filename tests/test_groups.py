@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from channel_layer_pg import PostgresChannelLayer
 from tests.helpers import LayerFactory, Sql, nothing_arrives, receive
 
@@ -98,13 +100,28 @@ async def test_a_group_larger_than_capacity_reaches_every_member_in_a_process(
     assert got == [{"type": "to all 200"}] * 200
 
 
-async def test_a_member_that_stops_receiving_buffers_at_most_its_capacity(make_layer: LayerFactory) -> None:
-    layer = make_layer(capacity=3)
+async def test_a_member_not_receiving_keeps_its_group_messages_in_order_behind_direct_ones(
+    make_layer: LayerFactory,
+) -> None:
+    layer = make_layer()
     active, idle = await layer.new_channel(), await layer.new_channel()
     await layer.group_add("room", active)
     await layer.group_add("room", idle)
-    for n in range(5):
-        await layer.group_send("room", {"type": "n", "n": n})
+    await layer.send(idle, {"type": "direct", "n": 0})
+    for n in range(1, 4):
+        await layer.group_send("room", {"type": "group", "n": n})
         assert (await receive(layer, active))["n"] == n
-    assert [(await receive(layer, idle))["n"] for _ in range(3)] == [2, 3, 4]
+    assert [(await receive(layer, idle))["n"] for _ in range(4)] == [0, 1, 2, 3]
     assert await nothing_arrives(layer, idle)
+
+
+async def test_the_bare_non_local_part_of_another_process_cannot_be_received(
+    make_layer: LayerFactory,
+) -> None:
+    owner, other = make_layer(), make_layer()
+    member = await owner.new_channel()
+    await owner.group_add("room", member)
+    await owner.group_send("room", {"type": "for the owner"})
+    with pytest.raises(ValueError, match="another layer instance"):
+        await other.receive(f"specific.{owner.client_prefix}!")
+    assert await receive(owner, member) == {"type": "for the owner"}
