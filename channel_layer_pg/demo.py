@@ -12,9 +12,11 @@ import contextlib
 import math
 import os
 import secrets
+import signal
 import sys
+import threading
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import make_url
@@ -47,19 +49,44 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM and SIGHUP (``kill``, a closed terminal) as Ctrl-C, in the main thread.
+
+    Their default ends the process on the spot, leaving what it started in sessions of their
+    own (the worker, uvicorn, the embedded PostgreSQL) running with nobody to stop them.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; its caller owns the signals then
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        # SIGINT itself, not a KeyboardInterrupt raised here: inside asyncio.run, SIGINT cancels
+        # the main task so that its cleanup runs, where an exception could land anywhere.
+        signal.raise_signal(signal.SIGINT)
+
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def run_demo(url: str | None, messages: int = 200) -> int:
     """Run the demo against ``url``, or an embedded PostgreSQL if None; the exit code."""
-    if url is not None:
-        say(f"using PostgreSQL at {_safe(url)}")
-        return asyncio.run(_parent(url, messages))
-    say("starting an embedded PostgreSQL in a temporary directory ...")
-    with embedded_postgres() as embedded_url:
-        say(f"  ready at {_safe(embedded_url)}")
-        migrate(embedded_url)
-        say("  created the layer's tables (migrate to head)")
-        code = asyncio.run(_parent(embedded_url, messages))
-        say("stopping the embedded PostgreSQL")
-    return code
+    with terminate_as_interrupt():
+        if url is not None:
+            say(f"using PostgreSQL at {_safe(url)}")
+            return asyncio.run(_parent(url, messages))
+        say("starting an embedded PostgreSQL in a temporary directory ...")
+        with embedded_postgres() as embedded_url:
+            say(f"  ready at {_safe(embedded_url)}")
+            migrate(embedded_url)
+            say("  created the layer's tables (migrate to head)")
+            code = asyncio.run(_parent(embedded_url, messages))
+            say("stopping the embedded PostgreSQL")
+        return code
 
 
 def run_worker(url: str, prefix: str) -> int:

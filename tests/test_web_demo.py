@@ -8,15 +8,13 @@ import signal
 import sys
 import urllib.request
 import uuid
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import pytest
 
 from tests.asgi import get, join, lifespan, refused
 from tests.helpers import TIMEOUT
-from tests.web_demo import free_port, interrupt, next_event, running, running_demo
+from tests.web_demo import embedded_server, free_port, interrupt, next_event, running, running_demo
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -120,7 +118,7 @@ async def test_the_command_serves_from_two_workers_and_messages_cross_between_th
 
 async def test_ctrl_c_stops_the_workers_and_the_embedded_postgres(room: str) -> None:
     async with running_demo("--workers=2") as demo:
-        socket_directory, postmaster = _embedded_server(demo.output)
+        socket_directory, postmaster = embedded_server(demo.output)
         assert running(postmaster)
         # Someone still chatting when Ctrl-C comes: the worker closes the socket and leaves the room.
         member = await websockets_client.connect(f"{demo.ws}/ws/{room}?name=Alice", open_timeout=TIMEOUT)
@@ -176,13 +174,6 @@ async def _next_message(client: Any) -> dict[str, Any]:
         event = await client.receive_json()
         if event["type"] == "message":
             return dict(event)
-
-
-def _embedded_server(output: list[str]) -> tuple[Path, int]:
-    """The embedded PostgreSQL's directory, from the URL the demo printed, and its server's pid."""
-    (line,) = [line for line in output if "ready at postgresql://" in line]
-    directory = Path(unquote(line.split("host=", 1)[1].strip()))
-    return directory, int((directory / "postmaster.pid").read_text().split()[0])
 
 
 def _fetch(url: str) -> str:

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from tests.helpers import TIMEOUT
 
@@ -91,6 +92,13 @@ async def _until_serving(demo: Demo) -> None:
         demo.pids.extend(int(ready[1]) for ready in re.finditer(r"worker pid (\d+) ready", line))
         if opened := re.search(r"open (http://\S+/)", line):
             demo.page = opened[1]
+
+
+def embedded_server(output: list[str]) -> tuple[Path, int]:
+    """The embedded PostgreSQL's directory, from the URL a demo printed, and its server's pid."""
+    (line,) = [line for line in output if "ready at postgresql://" in line]
+    directory = Path(unquote(line.split("host=", 1)[1].strip()))
+    return directory, int((directory / "postmaster.pid").read_text().split()[0])
 
 
 def free_port() -> int:

@@ -17,13 +17,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import IO
 
 from sqlalchemy.engine import make_url
 
 from ..config import URL_ENV_VAR
-from ..demo import DemoError, say
+from ..demo import DemoError, say, terminate_as_interrupt
 from ..embedded import embedded_postgres
 from ..layer import PostgresChannelLayer
 from ..migrate import migrate
@@ -44,7 +43,7 @@ def run_web_demo(url: str | None, *, host: str, port: int, workers: int) -> int:
         import uvicorn  # noqa: F401
     except ImportError:
         raise DemoError("the web demo needs the 'web' extra: pip install 'channel-layer-pg[web]'") from None
-    with _terminate_as_interrupt():
+    with terminate_as_interrupt():
         return _run(url, host, port, workers)
 
 
@@ -102,28 +101,6 @@ def _serve(url: str, host: str, port: int, workers: int) -> int:
         return 0
     finally:
         _stop(server)
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """Handle SIGTERM and SIGHUP (``kill``, a closed terminal) as Ctrl-C.
-
-    Their default is to end the process on the spot, which would leave uvicorn, in its own
-    session, and the embedded PostgreSQL running with nobody to stop them.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers; its caller owns the signals then
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 async def _check(url: str) -> None:
