@@ -100,6 +100,8 @@ class StatementRunner:
         self._engine = engine
         self._config = config
         self._compiled: dict[Executable, _Compiled] = {}
+        given_pool_size = getattr(engine.pool, "size", lambda: 0)()
+        self._most_connections = max(given_pool_size, config.pool_size) + config.max_overflow + 1
 
     async def fetch(self, statement: Executable, parameters: Mapping[str, Any]) -> list[Any]:
         """The rows ``statement`` returns (asyncpg Records)."""
@@ -128,11 +130,16 @@ class StatementRunner:
         return await asyncio.shield(self._run(work))
 
     async def _run(self, work: Callable[[Any], Awaitable[T]]) -> T:
-        for delay in (*_RECONNECT_DELAYS, None):
+        delays = iter(_RECONNECT_DELAYS)
+        # After a restart every idle pooled connection is dead; replacing each must not use up
+        # the waits meant for a server that is really down.
+        dead_allowed = self._most_connections
+        while True:
             try:
                 async with translated_errors(self._config):
                     conn = await self._engine.connect()
             except DatabaseUnreachableError as exc:
+                delay = next(delays, None)
                 if delay is None or not _worth_retrying(exc):
                     raise
                 # Nothing was sent: the server may be restarting, so try again shortly.
@@ -141,9 +148,10 @@ class StatementRunner:
                 continue
             try:
                 driver: Any = (await conn.get_raw_connection()).driver_connection
-                if driver.is_closed():
+                if driver.is_closed() and dead_allowed > 0:
                     # Dropped while idle in the pool (a restart, pg_terminate_backend): nothing
-                    # was sent on it, so another connection is tried at once, without waiting.
+                    # was sent on it, so another connection is tried at once.
+                    dead_allowed -= 1
                     await conn.invalidate()
                     continue
                 try:
@@ -156,9 +164,6 @@ class StatementRunner:
                     raise
             finally:
                 await conn.close()
-        raise DatabaseUnreachableError(
-            f"no usable connection to PostgreSQL at {self._config.host_and_port} ({self._config.safe_url})"
-        )
 
 
 class _Compiled:
@@ -174,15 +179,13 @@ class _Compiled:
 
 
 def _translate(config: LayerConfig, exc: DBAPIError) -> Exception:
-    sqlstate = getattr(exc.orig, "sqlstate", None)
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
     if sqlstate == _UNDEFINED_TABLE:
-        return SchemaMissingError(
-            f"the channel layer's tables do not exist in {config.safe_url}; create them with: {MIGRATE_HINT}"
-        )
+        return _schema_missing(config)
     if sqlstate in _CONNECT_REFUSALS:
-        return DatabaseUnreachableError(
-            f"PostgreSQL at {config.host_and_port} refused the connection ({config.safe_url}): {exc.orig}"
-        )
+        return _refused(config, exc.orig)
+    if sqlstate in _CONNECTION_LOST_STATES or sqlstate.startswith("08"):
+        return _unreachable(config, exc.orig or exc)
     cause = exc.orig.__cause__ if exc.orig is not None else None
     if isinstance(exc, (OperationalError, InterfaceError)) and isinstance(
         cause, (OSError, asyncio.TimeoutError)

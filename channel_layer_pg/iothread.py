@@ -14,7 +14,13 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from .errors import LayerClosedError
+
 T = TypeVar("T")
+
+# How long stop() lets calls still running finish (a send already on its way) before it
+# cancels them.
+_STOP_GRACE = 5.0
 
 
 class IoThread:
@@ -23,11 +29,14 @@ class IoThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stopped = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        """The thread's loop, started on first use."""
+        """The thread's loop, started on first use; LayerClosedError once stopped."""
         with self._lock:
+            if self._stopped:
+                raise LayerClosedError("this channel layer was closed; create a new one")
             if self._loop is None:
                 ready = threading.Event()
                 loop = asyncio.new_event_loop()
@@ -44,6 +53,12 @@ class IoThread:
                 self._loop = loop
             return self._loop
 
+    @property
+    def running_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The thread's loop if it was started and not stopped; never starts it."""
+        with self._lock:
+            return self._loop
+
     async def run(
         self,
         coroutine: Coroutine[Any, Any, T],
@@ -55,54 +70,79 @@ class IoThread:
         it does outlives the call. If it finished with a result just as the caller was
         cancelled, ``on_orphaned`` gets that result (a receive uses it to keep the message).
         """
-        loop = self.loop
+        try:
+            loop = self.loop
+        except LayerClosedError:
+            coroutine.close()
+            raise
         outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
         started: list[asyncio.Task[T]] = []
 
         def start() -> None:
+            if self._stopped:
+                coroutine.close()
+                outcome.set_exception(LayerClosedError("the channel layer was closed"))
+                return
             task = loop.create_task(coroutine)
             started.append(task)
-            task.add_done_callback(lambda done: _copy_outcome(done, outcome))
+            task.add_done_callback(lambda done: self._copy_outcome(done, outcome))
 
         loop.call_soon_threadsafe(start)
         waiter = asyncio.wrap_future(outcome)
         try:
             return await asyncio.shield(waiter)
         except asyncio.CancelledError:
-            # start() was queued first on the same loop, so the task exists when this runs.
-            loop.call_soon_threadsafe(lambda: started[0].cancel())
-            try:
-                result = await waiter
-            except BaseException:
-                raise asyncio.CancelledError from None
-            if on_orphaned is not None:
-                on_orphaned(result)
+            # start() was queued first on the same loop, so the task exists (or never will).
+            loop.call_soon_threadsafe(lambda: started[0].cancel() if started else None)
+            await _settled(waiter)
+            if not waiter.cancelled() and waiter.exception() is None and on_orphaned is not None:
+                on_orphaned(waiter.result())
             raise
 
+    def _copy_outcome(self, task: asyncio.Task[T], outcome: concurrent.futures.Future[T]) -> None:
+        if task.cancelled():
+            if self._stopped:
+                outcome.set_exception(LayerClosedError("the channel layer was closed"))
+            else:
+                outcome.cancel()
+        elif task.exception() is not None:
+            outcome.set_exception(task.exception())
+        else:
+            outcome.set_result(task.result())
+
     async def stop(self) -> None:
-        """Cancel what still runs there, stop the loop, and wait for the thread to end."""
+        """Let running calls finish (briefly), cancel the rest, stop the loop and its thread.
+
+        Calls made after this raise LayerClosedError instead of starting a new thread.
+        """
         with self._lock:
+            self._stopped = True
             loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
         if loop is None or thread is None:
             return
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_cancel_all_tasks(), loop))
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_finish_tasks(), loop))
         loop.call_soon_threadsafe(loop.stop)
         await asyncio.to_thread(thread.join)
+        # A call that got the loop just before the stop may have queued its start() after it:
+        # one more turn runs it, and it answers LayerClosedError instead of never.
+        await asyncio.to_thread(loop.run_until_complete, asyncio.sleep(0))
         loop.close()
 
 
-def _copy_outcome(task: asyncio.Task[T], outcome: concurrent.futures.Future[T]) -> None:
-    if task.cancelled():
-        outcome.cancel()
-    elif task.exception() is not None:
-        outcome.set_exception(task.exception())
-    else:
-        outcome.set_result(task.result())
+async def _settled(waiter: asyncio.Future[Any]) -> None:
+    """Wait until ``waiter`` is done, whatever further cancels arrive meanwhile."""
+    while not waiter.done():
+        try:
+            await asyncio.shield(waiter)
+        except BaseException:  # a further cancel, or the outcome itself: both end the wait
+            pass
 
 
-async def _cancel_all_tasks() -> None:
+async def _finish_tasks() -> None:
     current = asyncio.current_task()
     tasks = [task for task in asyncio.all_tasks() if task is not current]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=_STOP_GRACE)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)

@@ -239,8 +239,9 @@ class PostgresChannelLayer:
 
     def _backends(self) -> list[tuple[asyncio.AbstractEventLoop, LoopBackend]]:
         backends = [self._home] if self._home is not None else []
-        if self._io_backend is not None:
-            backends.append((self._io.loop, self._io_backend))
+        io_loop = self._io.running_loop
+        if self._io_backend is not None and io_loop is not None:
+            backends.append((io_loop, self._io_backend))
         return backends
 
     def _route(self) -> tuple[LoopBackend, IoThread | None]:

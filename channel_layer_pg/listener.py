@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .config import LayerConfig
 from .database import translated_errors
+from .errors import DatabaseUnreachableError
 
 logger = logging.getLogger("channel_layer_pg")
 
@@ -23,6 +24,12 @@ Wake = Callable[[], None]
 
 _BACKOFF_START = 0.1
 _BACKOFF_MAX = 5.0
+
+
+def _lost(config: LayerConfig, exc: Exception) -> DatabaseUnreachableError:
+    return DatabaseUnreachableError(
+        f"the listen connection to PostgreSQL at {config.host_and_port} failed: {exc}"
+    )
 
 
 class Listener:
@@ -46,9 +53,14 @@ class Listener:
             if not wakers:
                 try:
                     await self._driver.add_listener(topic, self._on_notify)
-                except BaseException:
+                except BaseException as exc:
                     # A cancel here leaves no half-registered topic behind.
                     del self._wakers[topic]
+                    if isinstance(exc, Exception):
+                        # Whatever broke LISTEN (most often a connection killed but not yet
+                        # noticed) leaves this connection untrustworthy: start afresh.
+                        await self._drop_connection()
+                        raise _lost(self._config, exc) from exc
                     raise
             wakers.add(wake)
 

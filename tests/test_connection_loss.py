@@ -54,7 +54,9 @@ async def test_a_waiting_receive_completes_after_its_listen_connection_is_killed
 async def test_sends_and_receives_work_after_every_pooled_session_is_killed(
     make_layer: LayerFactory, sql: Sql
 ) -> None:
-    layer = make_layer()
+    layer = make_layer(capacity=1000)
+    # Many sends at once open many pooled connections: more dead ones than retry attempts.
+    await asyncio.gather(*(layer.send("test.warm", {"type": "warm"}) for _ in range(100)))
     await layer.send("test.pool", {"type": "before"})
     assert await receive(layer, "test.pool") == {"type": "before"}
     assert await kill_layer_sessions(sql) >= 1

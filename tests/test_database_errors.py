@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from channel_layer_pg import (
     DatabaseUnreachableError,
@@ -49,3 +50,16 @@ async def test_a_failed_async_with_entry_leaves_no_connection_open(empty_databas
             pass  # pragma: no cover - never reached
     with pytest.raises(LayerClosedError):
         await layer.send("test.x", {"type": "x"})
+
+
+async def test_a_refused_connection_is_reported_at_once_without_retrying(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = make_url(database_url).set(database="no_such_database").render_as_string(hide_password=False)
+    layer = PostgresChannelLayer(url=url)
+    try:
+        with pytest.raises(DatabaseUnreachableError, match="refused the connection"):
+            await layer.send("test.x", {"type": "x"})
+    finally:
+        await layer.close()
+    assert "retrying" not in caplog.text

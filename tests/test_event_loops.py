@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 
-from channel_layer_pg import PostgresChannelLayer
+from channel_layer_pg import LayerClosedError, PostgresChannelLayer
 from channel_layer_pg.reader import QueueReader
 from tests.helpers import TIMEOUT, LayerFactory, Sql, receive
 
@@ -114,3 +114,51 @@ async def layer_sessions(sql: Sql) -> int:
         "AND datname = current_database()"
     )
     return int(row["n"])
+
+
+async def test_a_receive_cancelled_twice_on_a_worker_loop_keeps_its_message(
+    layer: PostgresChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await layer.send("test.double-cancel", {"type": "first"})
+    dispatch = QueueReader._dispatch
+
+    def worker() -> bool:
+        async def receive_and_get_cancelled_twice() -> bool:
+            task = asyncio.create_task(layer.receive("test.double-cancel"))
+            caller_loop = asyncio.get_running_loop()
+
+            def dispatch_then_cancel_twice(self: QueueReader, rows: Any) -> None:
+                dispatch(self, rows)  # on the layer's I/O thread
+                caller_loop.call_soon_threadsafe(task.cancel)
+                caller_loop.call_soon_threadsafe(task.cancel)
+
+            monkeypatch.setattr(QueueReader, "_dispatch", dispatch_then_cancel_twice)
+            await asyncio.gather(task, return_exceptions=True)
+            return task.cancelled()
+
+        return asyncio.run(receive_and_get_cancelled_twice())
+
+    assert await asyncio.get_running_loop().run_in_executor(None, worker)
+    monkeypatch.undo()
+    assert await receive(layer, "test.double-cancel") == {"type": "first"}
+
+
+async def test_close_ends_sync_callers_in_flight_with_layer_closed(make_layer: LayerFactory) -> None:
+    layer = make_layer()
+    started = threading.Event()
+
+    def django_view() -> BaseException | None:
+        started.set()
+        try:
+            async_to_sync(layer.receive)("test.closing")
+        except BaseException as exc:
+            return exc
+        return None
+
+    outcome = asyncio.get_running_loop().run_in_executor(None, django_view)
+    await asyncio.to_thread(started.wait, TIMEOUT)
+    await asyncio.sleep(0.2)  # let the receive reach the I/O thread: a closed layer refuses it either way
+    await layer.close()
+    assert isinstance(await asyncio.wait_for(outcome, TIMEOUT), LayerClosedError)
+    with pytest.raises(LayerClosedError):
+        await asyncio.to_thread(async_to_sync(layer.send), "test.closing", {"type": "x"})
