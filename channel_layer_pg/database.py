@@ -157,6 +157,15 @@ class StatementRunner:
                 try:
                     async with translated_errors(self._config):
                         return await work(driver)
+                except asyncpg.exceptions.InternalClientError as exc:
+                    # asyncpg refuses to start a statement on a connection whose protocol is
+                    # in a bad state (seen after pg_terminate_backend): nothing was sent, so
+                    # the statement is tried once more on another connection.
+                    await conn.invalidate()
+                    if dead_allowed <= 0:
+                        raise _unreachable(self._config, exc) from exc
+                    dead_allowed -= 1
+                    continue
                 except DatabaseUnreachableError:
                     # Lost mid-statement: it may or may not have committed, so it is never
                     # repeated (a message must not be stored twice); the caller hears of it.

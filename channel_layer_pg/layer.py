@@ -159,9 +159,16 @@ class PostgresChannelLayer:
         await self._call(lambda backend: backend.execute(statement, parameters))
 
     async def group_discard(self, group: str, channel: str) -> None:
-        """Remove ``channel`` from ``group``; removing a channel that is not there is fine."""
+        """Remove ``channel`` from ``group``; removing a channel that is not there is fine.
+
+        On a closed layer it does nothing: consumers discard their groups as they disconnect,
+        which may be after the application's shutdown closed the layer, and the membership
+        lapses with group_expiry anyway.
+        """
         validate_group_name(group)
         validate_channel_name(channel)
+        if self._closed:
+            return
         parameters = {"prefix": self.prefix, "group": group, "channel": channel}
         await self._call(lambda backend: backend.execute(statements.GROUP_DISCARD, parameters))
 

@@ -61,3 +61,10 @@ async def test_repr_hides_the_password(database_url: str) -> None:
     layer = PostgresChannelLayer(url="postgresql://user:s3cret@db.example:5433/app")
     assert "s3cret" not in repr(layer)
     assert "db.example:5433" in repr(layer)
+
+
+async def test_group_discard_after_close_is_a_no_op(make_layer: LayerFactory) -> None:
+    layer = make_layer()
+    await layer.group_add("room", "test.member")
+    await layer.close()
+    await layer.group_discard("room", "test.member")  # a consumer disconnecting after shutdown
