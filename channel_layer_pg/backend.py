@@ -18,7 +18,7 @@ from . import statements
 from .buffer import Claimed, ClaimedBuffer
 from .config import LayerConfig
 from .database import StatementRunner, create_engine
-from .fanout import Target, enqueue_parameters
+from .fanout import Target, enqueue_parameters, send_parameters
 from .listener import Listener
 from .naming import topic_for
 from .reader import QueueReader
@@ -63,19 +63,10 @@ class LoopBackend:
     async def send(self, payload: bytes, queue: str, channel: str, capacity: int) -> bool:
         """Store ``payload`` for ``channel`` unless its queue is full; whether it was stored."""
         self._ensure_cleanup()
-        prefix = self._config.prefix
-        (row,) = await self.fetch(
-            statements.SEND,
-            {
-                "prefix": prefix,
-                "queue": queue,
-                "channel": channel,
-                "capacity": capacity,
-                "expiry": self._config.expiry,
-                "payload": payload,
-                "topic": topic_for(prefix, queue),
-            },
+        parameters = send_parameters(
+            self._config.prefix, self._config.expiry, payload, queue, channel, capacity
         )
+        (row,) = await self.fetch(statements.SEND, parameters)
         return bool(row["inserted"])
 
     async def receive(self, queue: str, channel: str) -> Claimed:

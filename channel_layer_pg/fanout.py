@@ -1,4 +1,4 @@
-"""Where a group message is stored: one row per normal channel, one per receiving process.
+"""Where a message is stored: one row per normal channel, one per receiving process.
 
 Process-local members of one process share a queue (their non-local part) and that queue's
 capacity. Storing one row per member would let a group larger than the capacity reach only
@@ -60,6 +60,21 @@ def enqueue_parameters(
         "recipients": [" ".join(target.recipients) for target in targets],
         "capacities": [target.capacity for target in targets],
         "topics": [topic_for(prefix, target.queue) for target in targets],
+    }
+
+
+def send_parameters(
+    prefix: str, expiry: timedelta, payload: bytes, queue: str, channel: str, capacity: int
+) -> dict[str, Any]:
+    """The bound parameters of statements.SEND: one message for one channel."""
+    return {
+        "prefix": prefix,
+        "queue": queue,
+        "channel": channel,
+        "capacity": capacity,
+        "expiry": expiry,
+        "payload": payload,
+        "topic": topic_for(prefix, queue),
     }
 
 

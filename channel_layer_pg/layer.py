@@ -111,13 +111,7 @@ class PostgresChannelLayer:
         if connection is None:
             stored = await self._call(lambda backend: backend.send(payload, queue, channel, capacity))
         else:
-            writer = await TransactionalWriter.join(
-                connection,
-                self._config,
-                layer_token=self.client_prefix,
-                layer_closed=self._closed,
-                layer_identity=lambda: self._call(layer_identity),
-            )
+            writer = await self._writer(connection)
             stored = await writer.send(payload, queue, channel, capacity)
         if not stored:
             if queue != channel:
@@ -192,13 +186,7 @@ class PostgresChannelLayer:
         if connection is None:
             stored, members = await self._call(fan_out)
         else:
-            writer = await TransactionalWriter.join(
-                connection,
-                self._config,
-                layer_token=self.client_prefix,
-                layer_closed=self._closed,
-                layer_identity=lambda: self._call(layer_identity),
-            )
+            writer = await self._writer(connection)
             stored, members = await writer.group_send(payload, group)
         if stored < members:
             logger.info(
@@ -284,6 +272,15 @@ class PostgresChannelLayer:
         for loop, backend in self._backends():
             if not loop.is_closed():
                 loop.call_soon_threadsafe(backend.wake_reader, queue)
+
+    async def _writer(self, connection: ApplicationConnection) -> TransactionalWriter:
+        return await TransactionalWriter.join(
+            connection,
+            self._config,
+            layer_token=self.client_prefix,
+            layer_closed=self._closed,
+            layer_identity=lambda: self._call(layer_identity),
+        )
 
     async def _call(self, operation: Operation[T]) -> T:
         backend, io = self._route()

@@ -21,8 +21,7 @@ from . import statements
 from .config import LayerConfig
 from .database import MIGRATE_HINT
 from .errors import LayerClosedError, SchemaMissingError
-from .fanout import enqueue_parameters, members_reached, targets_for
-from .naming import topic_for
+from .fanout import enqueue_parameters, members_reached, send_parameters, targets_for
 
 if TYPE_CHECKING:
     from .backend import LoopBackend
@@ -93,19 +92,10 @@ class TransactionalWriter:
 
     async def send(self, payload: bytes, queue: str, channel: str, capacity: int) -> bool:
         """Store ``payload`` for ``channel`` unless its queue is full; whether it was stored."""
-        prefix = self._config.prefix
-        result = await self._execute(
-            statements.SEND,
-            {
-                "prefix": prefix,
-                "queue": queue,
-                "channel": channel,
-                "capacity": capacity,
-                "expiry": self._config.expiry,
-                "payload": payload,
-                "topic": topic_for(prefix, queue),
-            },
+        parameters = send_parameters(
+            self._config.prefix, self._config.expiry, payload, queue, channel, capacity
         )
+        result = await self._execute(statements.SEND, parameters)
         # A full queue makes SEND insert nothing and return 0: no statement fails, so the
         # application's transaction stays usable after ChannelFull.
         return bool(result.scalar_one())
