@@ -22,6 +22,7 @@ from .fanout import Target, enqueue_parameters, send_parameters
 from .listener import Listener
 from .naming import topic_for
 from .reader import QueueReader
+from .sendbatch import PendingSend, SendBatcher
 
 logger = logging.getLogger("channel_layer_pg")
 
@@ -44,6 +45,8 @@ class LoopBackend:
         self.engine: AsyncEngine
         self.engine, self._owns_engine = create_engine(config, use_given_engine=use_given_engine)
         self._statements = StatementRunner(self.engine, config)
+        # Half the pool for sends, so receives always find connections to claim with.
+        self._sends = SendBatcher(self._send_one, self._send_many, slots=max(1, config.pool_size // 2))
         self._listener = Listener(self.engine, config)
         self._readers: dict[str, QueueReader] = {}
         self._cleanup_task: asyncio.Task[None] | None = None
@@ -63,11 +66,32 @@ class LoopBackend:
     async def send(self, payload: bytes, queue: str, channel: str, capacity: int) -> bool:
         """Store ``payload`` for ``channel`` unless its queue is full; whether it was stored."""
         self._ensure_cleanup()
+        return await self._sends.send(PendingSend(queue, channel, capacity, payload))
+
+    async def _send_one(self, item: PendingSend) -> bool:
         parameters = send_parameters(
-            self._config.prefix, self._config.expiry, payload, queue, channel, capacity
+            self._config.prefix, self._config.expiry, item.payload, item.queue, item.channel, item.capacity
         )
         (row,) = await self.fetch(statements.SEND, parameters)
         return bool(row["inserted"])
+
+    async def _send_many(self, items: Sequence[PendingSend]) -> set[int]:
+        prefix = self._config.prefix
+        queues = sorted({item.queue for item in items})
+        rows = await self.fetch(
+            statements.SEND_MANY,
+            {
+                "prefix": prefix,
+                "expiry": self._config.expiry,
+                "queues": [item.queue for item in items],
+                "channels": [item.channel for item in items],
+                "capacities": [item.capacity for item in items],
+                "payloads": [item.payload for item in items],
+                "topic_queues": queues,
+                "topics": [topic_for(prefix, queue) for queue in queues],
+            },
+        )
+        return {row["ord"] for row in rows}
 
     async def receive(self, queue: str, channel: str) -> Claimed:
         self._ensure_cleanup()
@@ -89,6 +113,7 @@ class LoopBackend:
         return reader
 
     async def close(self, exc: BaseException) -> None:
+        await self._sends.drain()
         if self._cleanup_task is not None:
             self._cleanup_task.cancel()
             await asyncio.gather(self._cleanup_task, return_exceptions=True)

@@ -134,6 +134,71 @@ def _build_send() -> Select[Any]:
 SEND = _build_send()
 
 
+def _build_send_many() -> Select[Any]:
+    """Many concurrent sends in one statement; the ords (1-based positions) that were stored.
+
+    Each send is checked against its queue's live rows plus the sends before it in the batch
+    for the same queue, so a batch never overfills a queue; rows are inserted in batch order.
+    """
+    sends = (
+        func.unnest(
+            bindparam("queues", type_=ARRAY(Text)),
+            bindparam("channels", type_=ARRAY(Text)),
+            bindparam("capacities", type_=ARRAY(BigInteger)),
+            bindparam("payloads", type_=ARRAY(LargeBinary)),
+        )
+        .table_valued("queue", "channel", "capacity", "payload", with_ordinality="ord")
+        .render_derived(with_types=False)
+        .alias("send")
+    )
+    ranked = select(
+        sends,
+        func.row_number().over(partition_by=sends.c.queue, order_by=sends.c.ord).label("position"),
+    ).cte("ranked")
+    live = (
+        select(literal(1))
+        .where(message.c.prefix == _prefix, message.c.queue == ranked.c.queue, message.c.expires_at > _now)
+        .limit(ranked.c.capacity)
+        .correlate(ranked)
+        .subquery("live")
+    )
+    rows = (
+        select(
+            _prefix,
+            ranked.c.queue,
+            ranked.c.channel,
+            _now + bindparam("expiry", type_=Interval),
+            ranked.c.payload,
+            ranked.c.ord,
+        )
+        .where(
+            ranked.c.position + select(func.count()).select_from(live).scalar_subquery() <= ranked.c.capacity
+        )
+        .cte("accepted")
+    )
+    inserted = (
+        insert(message)
+        .from_select(
+            ["prefix", "queue", "channel", "expires_at", "payload"],
+            select(rows.c[0], rows.c.queue, rows.c.channel, rows.c[3], rows.c.payload).order_by(rows.c.ord),
+        )
+        .returning(message.c.queue)
+        .cte("inserted")
+    )
+    topics = (
+        func.unnest(bindparam("topic_queues", type_=ARRAY(Text)), bindparam("topics", type_=ARRAY(Text)))
+        .table_valued("queue", "topic")
+        .render_derived(with_types=False)
+        .alias("topic")
+    )
+    woken = select(topics.c.topic).where(topics.c.queue.in_(select(inserted.c.queue))).subquery("woken")
+    notified = select(func.count(func.pg_notify(woken.c.topic, literal("")))).scalar_subquery()
+    return select(rows.c.ord, notified.label("notified"))
+
+
+SEND_MANY = _build_send_many()
+
+
 def _build_claim() -> CompoundSelect[Any]:
     """Claim the oldest messages for the waiting channels of one queue, at most ``limit`` rows.
 

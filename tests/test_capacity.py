@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 
@@ -75,3 +76,12 @@ async def test_a_group_send_counts_once_against_a_process_shared_capacity(make_l
     await layer.send(channels[1], {"type": "third"})
     with pytest.raises(ChannelFull, match="share one capacity of 3"):
         await layer.send(channels[2], {"type": "fourth"})
+
+
+async def test_concurrent_sends_never_overfill_a_channel(make_layer: LayerFactory) -> None:
+    layer = make_layer(capacity=10, pool_size=2)  # one send slot: the rest go in batches
+    outcomes = await asyncio.gather(
+        *(layer.send("test.crowded", {"type": "n", "n": n}) for n in range(40)), return_exceptions=True
+    )
+    assert sum(outcome is None for outcome in outcomes) == 10
+    assert all(outcome is None or isinstance(outcome, ChannelFull) for outcome in outcomes)

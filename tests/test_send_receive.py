@@ -100,3 +100,16 @@ async def test_both_builtin_serializers_round_trip(make_layer: LayerFactory, ser
     await layer.send("test.serializer", {"type": "s", "n": 1, "text": "x", "list": [1, 2]})
     received = await receive(layer, "test.serializer")
     assert received == {"type": "s", "n": 1, "text": "x", "list": [1, 2]}
+
+
+async def test_concurrent_senders_each_keep_their_order(make_layer: LayerFactory) -> None:
+    sender, receiver = make_layer(capacity=1000, pool_size=2), make_layer()
+
+    async def send_in_order(who: int) -> None:
+        for n in range(30):
+            await sender.send("test.many-senders", {"type": "n", "who": who, "n": n})
+
+    await asyncio.wait_for(asyncio.gather(*(send_in_order(who) for who in range(10))), TIMEOUT)
+    got = [await receive(receiver, "test.many-senders") for _ in range(300)]
+    for who in range(10):
+        assert [m["n"] for m in got if m["who"] == who] == list(range(30))
