@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
 
-from tests.helpers import TIMEOUT, LayerFactory, receive
+from tests.helpers import TIMEOUT, LayerFactory, Sql, receive
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 async def test_workers_in_other_processes_share_a_channel_each_job_done_once(
-    make_layer: LayerFactory, database_url: str, prefix: str
+    make_layer: LayerFactory, database_url: str, prefix: str, sql: Sql
 ) -> None:
     layer = make_layer(capacity=1000)
     replies = await layer.new_channel()
@@ -36,7 +37,21 @@ async def test_workers_in_other_processes_share_a_channel_each_job_done_once(
 
         for _ in workers:
             await layer.send("test.jobs", {"type": "stop"})
-        codes = await asyncio.wait_for(asyncio.gather(*(w.wait() for w in workers)), TIMEOUT)
+        try:
+            codes = await asyncio.wait_for(asyncio.gather(*(w.wait() for w in workers)), TIMEOUT * 3)
+        except asyncio.TimeoutError:
+            left = await sql(
+                "SELECT count(*) AS n FROM channel_layer_pg_message WHERE prefix = $1 AND queue = $2",
+                prefix,
+                "test.jobs",
+            )
+            for worker in workers:
+                if worker.returncode is None:
+                    worker.send_signal(signal.SIGUSR1)  # prints its stacks (tests/worker.py)
+            await asyncio.sleep(0.5)  # let the stack dumps reach stderr before the kill
+            raise AssertionError(
+                f"a worker did not stop; stop messages still queued: {left[0]['n']}"
+            ) from None
         assert codes == [0, 0]
     finally:
         for worker in workers:

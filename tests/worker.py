@@ -8,7 +8,9 @@ with its own pid until it receives a message of type "stop".
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
+import signal
 import sys
 
 from channel_layer_pg import PostgresChannelLayer
@@ -25,4 +27,7 @@ async def work(url: str, prefix: str, jobs: str, reply: str) -> None:
 
 
 if __name__ == "__main__":
+    # The test sends SIGUSR1 to a worker that does not finish in time: its stacks then show
+    # in the test's captured output, where it was stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     asyncio.run(work(*sys.argv[1:5]))
