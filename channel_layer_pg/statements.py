@@ -44,6 +44,21 @@ _prefix = bindparam("prefix", type_=Text)
 _now = func.statement_timestamp()
 
 
+def _live_count(queue: Any, capacity: Any, *, correlate: Any = None) -> Any:
+    """How many unexpired rows ``queue`` holds, counting no further than ``capacity``.
+
+    The LIMIT keeps a capacity check cheap however long a backlog is.
+    """
+    live = (
+        select(literal(1))
+        .where(message.c.prefix == _prefix, message.c.queue == queue, message.c.expires_at > _now)
+        .limit(capacity)
+    )
+    if correlate is not None:
+        live = live.correlate(correlate)
+    return select(func.count()).select_from(live.subquery("live")).scalar_subquery()
+
+
 def _build_enqueue() -> Select[Any]:
     """Store one copy of a group message per target with room, and wake each one's readers.
 
@@ -63,17 +78,6 @@ def _build_enqueue() -> Select[Any]:
         .render_derived(with_types=False)
     )
     target = targets.alias("target")
-    live = (
-        select(literal(1))
-        .where(
-            message.c.prefix == _prefix,
-            message.c.queue == target.c.queue,
-            message.c.expires_at > _now,
-        )
-        .limit(target.c.capacity)
-        .correlate(target)
-        .subquery("live")
-    )
     rows = (
         select(
             _prefix,
@@ -83,7 +87,7 @@ def _build_enqueue() -> Select[Any]:
             _now + bindparam("expiry", type_=Interval),
             bindparam("payload", type_=LargeBinary),
         )
-        .where(select(func.count()).select_from(live).scalar_subquery() < target.c.capacity)
+        .where(_live_count(target.c.queue, target.c.capacity, correlate=target) < target.c.capacity)
         .order_by(target.c.ord)
     )
     inserted = (
@@ -108,19 +112,13 @@ def _build_send() -> Select[Any]:
     """
     queue = bindparam("queue", type_=Text)
     capacity = bindparam("capacity", type_=BigInteger)
-    live = (
-        select(literal(1))
-        .where(message.c.prefix == _prefix, message.c.queue == queue, message.c.expires_at > _now)
-        .limit(capacity)
-        .subquery("live")
-    )
     row = select(
         _prefix,
         queue,
         bindparam("channel", type_=Text),
         _now + bindparam("expiry", type_=Interval),
         bindparam("payload", type_=LargeBinary),
-    ).where(select(func.count()).select_from(live).scalar_subquery() < capacity)
+    ).where(_live_count(queue, capacity) < capacity)
     inserted = (
         insert(message)
         .from_select(["prefix", "queue", "channel", "expires_at", "payload"], row)
@@ -155,13 +153,6 @@ def _build_send_many() -> Select[Any]:
         sends,
         func.row_number().over(partition_by=sends.c.queue, order_by=sends.c.ord).label("position"),
     ).cte("ranked")
-    live = (
-        select(literal(1))
-        .where(message.c.prefix == _prefix, message.c.queue == ranked.c.queue, message.c.expires_at > _now)
-        .limit(ranked.c.capacity)
-        .correlate(ranked)
-        .subquery("live")
-    )
     rows = (
         select(
             _prefix,
@@ -172,7 +163,8 @@ def _build_send_many() -> Select[Any]:
             ranked.c.ord,
         )
         .where(
-            ranked.c.position + select(func.count()).select_from(live).scalar_subquery() <= ranked.c.capacity
+            ranked.c.position + _live_count(ranked.c.queue, ranked.c.capacity, correlate=ranked)
+            <= ranked.c.capacity
         )
         .cte("accepted")
     )
