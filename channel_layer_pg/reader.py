@@ -129,11 +129,8 @@ class QueueReader:
             if not self._waiters:
                 # Stay subscribed a while: a consumer calls receive again right after each
                 # message, and LISTEN/UNLISTEN per message would cost a round trip each.
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), IDLE_LINGER)
-                except asyncio.TimeoutError:
-                    if not self._waiters:
-                        return
+                if not await _woken(self._wakeup, IDLE_LINGER) and not self._waiters:
+                    return
                 continue
             wanted = {channel: len(waiters) for channel, waiters in self._waiters.items()}
             try:
@@ -149,10 +146,7 @@ class QueueReader:
             if rows:
                 self._dispatch(rows)
                 continue
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), POLL_INTERVAL)
-            except asyncio.TimeoutError:
-                pass
+            await _woken(self._wakeup, POLL_INTERVAL)
 
     async def _outlast(self, exc: Exception) -> bool:
         """Wait out a lost database and return True, or fail the waiters and return False.
@@ -214,3 +208,17 @@ class QueueReader:
             pass
         if not waiters:
             del self._waiters[channel]
+
+
+async def _woken(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for ``event`` at most ``timeout`` seconds; whether it was set.
+
+    Not asyncio.wait_for: before Python 3.12 it drops a cancellation that lands as the event is
+    set, and a reader that missed close()'s cancel lingered on for IDLE_LINGER seconds.
+    """
+    waiting = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait({waiting}, timeout=timeout)
+    finally:
+        waiting.cancel()
+    return bool(done)

@@ -48,6 +48,7 @@ async def test_workers_in_other_processes_share_a_channel_each_job_done_once(
             for worker in workers:
                 if worker.returncode is None:
                     worker.send_signal(signal.SIGUSR1)  # prints its stacks (tests/worker.py)
+                    worker.send_signal(signal.SIGUSR2)  # and its tasks' stacks
             await asyncio.sleep(0.5)  # let the stack dumps reach stderr before the kill
             raise AssertionError(
                 f"a worker did not stop; stop messages still queued: {left[0]['n']}"

@@ -16,7 +16,14 @@ import sys
 from channel_layer_pg import PostgresChannelLayer
 
 
+def dump_tasks() -> None:
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
+
+
 async def work(url: str, prefix: str, jobs: str, reply: str) -> None:
+    # SIGUSR2 (sent by the test with SIGUSR1) prints every task's stack: where it waits.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, dump_tasks)
     async with PostgresChannelLayer(url=url, prefix=prefix, capacity=1000) as layer:
         await layer.send(reply, {"type": "ready", "pid": os.getpid()})
         while True:
