@@ -44,7 +44,7 @@ class LoopBackend:
         self._on_buffered = on_buffered
         self.engine: AsyncEngine
         self.engine, self._owns_engine = create_engine(config, use_given_engine=use_given_engine)
-        self._statements = StatementRunner(self.engine, config)
+        self._statements = StatementRunner(self.engine, config, owns_engine=self._owns_engine)
         # Half the pool for sends, so receives always find connections to claim with.
         self._sends = SendBatcher(self._send_one, self._send_many, slots=max(1, config.pool_size // 2))
         self._listener = Listener(self.engine, config)
@@ -120,6 +120,7 @@ class LoopBackend:
         readers, self._readers = list(self._readers.values()), {}
         await asyncio.gather(*(reader.close(exc) for reader in readers))
         await self._listener.close()
+        await self._statements.close()
         if self._owns_engine:
             await self.engine.dispose()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.base import Executable
 
 from .config import LayerConfig
+from .connections import Held, HeldConnections
 from .errors import DatabaseUnreachableError, SchemaMissingError
 
 T = TypeVar("T")
@@ -96,12 +98,19 @@ class StatementRunner:
     layer does not need: its parameters and rows are plain asyncpg types.
     """
 
-    def __init__(self, engine: AsyncEngine, config: LayerConfig) -> None:
+    def __init__(self, engine: AsyncEngine, config: LayerConfig, *, owns_engine: bool) -> None:
         self._engine = engine
         self._config = config
         self._compiled: dict[Executable, _Compiled] = {}
         given_pool_size = getattr(engine.pool, "size", lambda: 0)()
         self._most_connections = max(given_pool_size, config.pool_size) + config.max_overflow + 1
+        if owns_engine:
+            most = max(1, config.pool_size + config.max_overflow - 1)
+            self._connections = HeldConnections(engine, keep=config.pool_size, most=most)
+        else:
+            # An application's engine: its pool is the application's to size and share, so
+            # every connection goes back to it after each statement.
+            self._connections = HeldConnections(engine, keep=0, most=sys.maxsize)
 
     async def fetch(self, statement: Executable, parameters: Mapping[str, Any]) -> list[Any]:
         """The rows ``statement`` returns (asyncpg Records)."""
@@ -131,13 +140,13 @@ class StatementRunner:
 
     async def _run(self, work: Callable[[Any], Awaitable[T]]) -> T:
         delays = iter(_RECONNECT_DELAYS)
-        # After a restart every idle pooled connection is dead; replacing each must not use up
-        # the waits meant for a server that is really down.
+        # After a restart every idle connection is dead; replacing each must not use up the
+        # waits meant for a server that is really down.
         dead_allowed = self._most_connections
         while True:
             try:
                 async with translated_errors(self._config):
-                    conn = await self._engine.connect()
+                    held = await self._connections.acquire()
             except DatabaseUnreachableError as exc:
                 delay = next(delays, None)
                 if delay is None or not _worth_retrying(exc):
@@ -146,33 +155,51 @@ class StatementRunner:
                 logger.warning("%s; retrying in %.2f s", exc, delay)
                 await asyncio.sleep(delay)
                 continue
+            if held.driver.is_closed() and dead_allowed > 0:
+                # Dropped while idle (a restart, pg_terminate_backend): nothing was sent on
+                # it, so another connection is tried at once.
+                dead_allowed -= 1
+                await self._connections.discard(held)
+                continue
             try:
-                driver: Any = (await conn.get_raw_connection()).driver_connection
-                if driver.is_closed() and dead_allowed > 0:
-                    # Dropped while idle in the pool (a restart, pg_terminate_backend): nothing
-                    # was sent on it, so another connection is tried at once.
-                    dead_allowed -= 1
-                    await conn.invalidate()
-                    continue
-                try:
-                    async with translated_errors(self._config):
-                        return await work(driver)
-                except asyncpg.exceptions.InternalClientError as exc:
-                    # asyncpg refuses to start a statement on a connection whose protocol is
-                    # in a bad state (seen after pg_terminate_backend): nothing was sent, so
-                    # the statement is tried once more on another connection.
-                    await conn.invalidate()
-                    if dead_allowed <= 0:
-                        raise _unreachable(self._config, exc) from exc
-                    dead_allowed -= 1
-                    continue
-                except DatabaseUnreachableError:
-                    # Lost mid-statement: it may or may not have committed, so it is never
-                    # repeated (a message must not be stored twice); the caller hears of it.
-                    await conn.invalidate()
-                    raise
-            finally:
-                await conn.close()
+                async with translated_errors(self._config):
+                    result = await work(held.driver)
+            except asyncpg.exceptions.InternalClientError as exc:
+                # asyncpg refuses to start a statement on a connection whose protocol is in a
+                # bad state (seen after pg_terminate_backend): nothing was sent, so the
+                # statement is tried once more on another connection.
+                await self._connections.discard(held)
+                if dead_allowed <= 0:
+                    raise _unreachable(self._config, exc) from exc
+                dead_allowed -= 1
+                continue
+            except DatabaseUnreachableError:
+                # Lost mid-statement: it may or may not have committed, so it is never
+                # repeated (a message must not be stored twice); the caller hears of it.
+                await self._connections.discard(held)
+                raise
+            except asyncio.CancelledError:
+                # Only when the loop itself goes away (statements are shielded): the protocol
+                # may be mid-message, so the connection is not trusted again.
+                await self._connections.discard(held)
+                raise
+            except Exception:
+                # The server answered with an error (the statement failed as a whole): the
+                # connection is fine for the next one.
+                await self._release_or_discard(held)
+                raise
+            await self._connections.release(held)
+            return result
+
+    async def _release_or_discard(self, held: Held) -> None:
+        if held.driver.is_closed() or held.driver.is_in_transaction():
+            await self._connections.discard(held)
+        else:
+            await self._connections.release(held)
+
+    async def close(self) -> None:
+        """Return the connections held between statements, before the engine is disposed."""
+        await self._connections.close()
 
 
 class _Compiled:
