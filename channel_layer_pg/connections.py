@@ -11,10 +11,13 @@ connections are closed.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+logger = logging.getLogger("channel_layer_pg")
 
 
 class Held:
@@ -39,6 +42,7 @@ class HeldConnections:
         self._idle: list[Held] = []
         self._waiting: deque[asyncio.Future[Held | None]] = deque()
         self._closed = False
+        self._all_returned: asyncio.Future[None] | None = None
 
     async def acquire(self) -> Held:
         """A connection for one statement; give it back with ``release`` or ``discard``."""
@@ -88,13 +92,23 @@ class HeldConnections:
             await held.connection.close()
         finally:
             self._wake_one(None)
+            self._note_returned()
 
-    async def close(self) -> None:
-        """Return every idle connection to the pool; those in use follow when released."""
+    async def close(self, timeout: float) -> None:
+        """Return every connection to the pool, waiting up to ``timeout`` s for those in use.
+
+        Statements still in flight (shielded claims and sends whose callers were cancelled)
+        finish first: a connection returned after the engine is disposed would never close.
+        """
         self._closed = True
         idle, self._idle = self._idle, []
         for held in idle:
             await self._give_back(held)
+        if self._count:
+            self._all_returned = asyncio.get_running_loop().create_future()
+            done, _ = await asyncio.wait({self._all_returned}, timeout=timeout)
+            if not done:
+                logger.warning("closing with %d statements still running after %g s", self._count, timeout)
 
     async def _give_back(self, held: Held) -> None:
         self._count -= 1
@@ -102,6 +116,11 @@ class HeldConnections:
             await held.connection.close()
         finally:
             self._wake_one(None)
+            self._note_returned()
+
+    def _note_returned(self) -> None:
+        if self._count == 0 and self._all_returned is not None and not self._all_returned.done():
+            self._all_returned.set_result(None)
 
     def _wake_one(self, held: Held | None) -> bool:
         while self._waiting:

@@ -32,6 +32,9 @@ _RECONNECT_DELAYS = (0.05, 0.2, 0.5, 1.0)
 # Authentication failures, an unknown database or role: the server answered but refused us.
 _CONNECT_REFUSALS = {"28P01", "28000", "3D000"}
 
+# How long close() lets statements already running finish before the engine goes.
+_CLOSE_GRACE = 5.0
+
 MIGRATE_HINT = "python -m channel_layer_pg migrate --url URL  (or: alembic upgrade head)"
 
 
@@ -199,7 +202,7 @@ class StatementRunner:
 
     async def close(self) -> None:
         """Return the connections held between statements, before the engine is disposed."""
-        await self._connections.close()
+        await self._connections.close(timeout=_CLOSE_GRACE)
 
 
 class _Compiled:

@@ -11,7 +11,7 @@ import pytest
 from channel_layer_pg import PostgresChannelLayer
 from channel_layer_pg.backend import LoopBackend
 from channel_layer_pg.reader import QueueReader
-from tests.helpers import TIMEOUT, LayerFactory, receive
+from tests.helpers import TIMEOUT, LayerFactory, receive, signal_when_waiting
 
 
 async def test_a_cancelled_receive_leaves_the_message_for_the_next(layer: PostgresChannelLayer) -> None:
@@ -49,8 +49,6 @@ async def test_a_message_claimed_for_a_receive_cancelled_meanwhile_is_kept(
 async def test_a_message_handed_to_a_receive_cancelled_at_that_moment_is_kept(
     layer: PostgresChannelLayer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await layer.send("test.hand-race", {"type": "first"})
-    await layer.send("test.hand-race", {"type": "second"})
     receiving: asyncio.Task[Any] | None = None
     dispatch = QueueReader._dispatch
 
@@ -59,9 +57,13 @@ async def test_a_message_handed_to_a_receive_cancelled_at_that_moment_is_kept(
         assert receiving is not None
         receiving.cancel()  # the message is in the waiter's hands, the task not resumed yet
 
+    waiting = signal_when_waiting(monkeypatch)
     monkeypatch.setattr(QueueReader, "_dispatch", dispatch_then_cancel)
     receiving = asyncio.create_task(layer.receive("test.hand-race"))
-    await asyncio.gather(receiving, return_exceptions=True)
+    assert await asyncio.to_thread(waiting.wait, TIMEOUT)
+    await layer.send("test.hand-race", {"type": "first"})
+    await layer.send("test.hand-race", {"type": "second"})
+    await asyncio.wait_for(asyncio.gather(receiving, return_exceptions=True), TIMEOUT)
     assert receiving.cancelled()
     monkeypatch.undo()
     assert await receive(layer, "test.hand-race") == {"type": "first"}

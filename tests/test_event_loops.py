@@ -11,8 +11,9 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from channel_layer_pg import LayerClosedError, PostgresChannelLayer
+from channel_layer_pg.backend import LoopBackend
 from channel_layer_pg.reader import QueueReader
-from tests.helpers import TIMEOUT, LayerFactory, Sql, receive
+from tests.helpers import TIMEOUT, LayerFactory, Sql, receive, signal_when_waiting
 
 
 async def test_async_to_sync_group_send_from_threads_reaches_a_receiver(layer: PostgresChannelLayer) -> None:
@@ -55,9 +56,8 @@ def test_sync_code_with_no_running_loop_can_send_and_receive(database_url: str, 
 async def test_a_receive_cancelled_on_a_worker_loop_keeps_its_message(
     layer: PostgresChannelLayer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await layer.send("test.worker-cancel", {"type": "first"})
-    await layer.send("test.worker-cancel", {"type": "second"})
     dispatch = QueueReader._dispatch
+    waiting = signal_when_waiting(monkeypatch)
 
     def worker() -> bool:
         async def receive_and_get_cancelled() -> bool:
@@ -74,11 +74,45 @@ async def test_a_receive_cancelled_on_a_worker_loop_keeps_its_message(
 
         return asyncio.run(receive_and_get_cancelled())
 
-    was_cancelled = await asyncio.get_running_loop().run_in_executor(None, worker)
+    outcome = asyncio.get_running_loop().run_in_executor(None, worker)
+    assert await asyncio.to_thread(waiting.wait, TIMEOUT)
+    await layer.send("test.worker-cancel", {"type": "first"})
+    await layer.send("test.worker-cancel", {"type": "second"})
+    was_cancelled = await asyncio.wait_for(outcome, TIMEOUT)
     monkeypatch.undo()
     assert was_cancelled
     assert await receive(layer, "test.worker-cancel") == {"type": "first"}
     assert await receive(layer, "test.worker-cancel") == {"type": "second"}
+
+
+async def test_a_receive_cancelled_on_a_worker_loop_as_its_own_claim_returns_keeps_the_message(
+    layer: PostgresChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await layer.send("test.worker-claim-cancel", {"type": "first"})
+    await layer.send("test.worker-claim-cancel", {"type": "second"})
+    claim = LoopBackend._claim
+
+    def worker() -> bool:
+        async def receive_and_get_cancelled() -> bool:
+            task = asyncio.create_task(layer.receive("test.worker-claim-cancel"))
+            caller_loop = asyncio.get_running_loop()
+
+            async def claim_then_cancel(self: LoopBackend, *args: Any) -> Any:
+                rows = await claim(self, *args)  # on the layer's I/O thread
+                caller_loop.call_soon_threadsafe(task.cancel)
+                return rows
+
+            monkeypatch.setattr(LoopBackend, "_claim", claim_then_cancel)
+            await asyncio.gather(task, return_exceptions=True)
+            return task.cancelled()
+
+        return asyncio.run(receive_and_get_cancelled())
+
+    was_cancelled = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, worker), TIMEOUT)
+    monkeypatch.undo()
+    assert was_cancelled
+    assert await receive(layer, "test.worker-claim-cancel") == {"type": "first"}
+    assert await receive(layer, "test.worker-claim-cancel") == {"type": "second"}
 
 
 async def test_sync_calls_share_one_pool_instead_of_a_connection_each(
@@ -119,8 +153,8 @@ async def layer_sessions(sql: Sql) -> int:
 async def test_a_receive_cancelled_twice_on_a_worker_loop_keeps_its_message(
     layer: PostgresChannelLayer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await layer.send("test.double-cancel", {"type": "first"})
     dispatch = QueueReader._dispatch
+    waiting = signal_when_waiting(monkeypatch)
 
     def worker() -> bool:
         async def receive_and_get_cancelled_twice() -> bool:
@@ -138,7 +172,10 @@ async def test_a_receive_cancelled_twice_on_a_worker_loop_keeps_its_message(
 
         return asyncio.run(receive_and_get_cancelled_twice())
 
-    assert await asyncio.get_running_loop().run_in_executor(None, worker)
+    outcome = asyncio.get_running_loop().run_in_executor(None, worker)
+    assert await asyncio.to_thread(waiting.wait, TIMEOUT)
+    await layer.send("test.double-cancel", {"type": "first"})
+    assert await asyncio.wait_for(outcome, TIMEOUT)
     monkeypatch.undo()
     assert await receive(layer, "test.double-cancel") == {"type": "first"}
 
