@@ -1,17 +1,22 @@
-"""Messages claimed from the table that no receiver has taken yet, shared by all event loops.
+"""Messages in this process that no receiver has taken yet, shared by all event loops.
 
-A message lands here when its receiver was cancelled after the claim, or when a batch
-claimed more for a channel than it had waiters; claims ask for at most one row per waiter, so
-it stays small. The buffer belongs to the layer, not to one loop, so the next receive on the
-channel gets it first, on whichever loop that receive runs.
+A message lands here when its receiver was cancelled after the claim, when a batch claimed
+more for a channel than it had waiters (claims ask for at most one row per waiter, so that
+stays small), or when the layer sent it to one of its own process-local channels, which
+never needs the table (see PostgresChannelLayer.send). The buffer belongs to the layer, not
+to one loop, so the next receive on the channel gets it first, on whichever loop that
+receive runs.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+
+from .naming import non_local_name
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,8 @@ class Claimed:
 class ClaimedBuffer:
     def __init__(self) -> None:
         self._rows: dict[str, deque[Claimed]] = {}
+        # Rows held per queue, for the capacity of messages delivered within the process.
+        self._per_queue: dict[str, int] = {}
         self._lock = threading.Lock()  # receives on the I/O thread and the main loop share it
 
     def take(self, channel: str) -> Claimed | None:
@@ -36,6 +43,7 @@ class ClaimedBuffer:
             rows = self._rows.get(channel)
             while rows:
                 row = rows.popleft()
+                self._count(channel, -1)
                 if row.expires_at > now:
                     if not rows:
                         del self._rows[channel]
@@ -43,15 +51,32 @@ class ClaimedBuffer:
             self._rows.pop(channel, None)
             return None
 
+    def offer(self, rows: Sequence[Claimed], queue: str, capacity: int) -> bool:
+        """Queue ``rows`` (all for channels of ``queue``) unless it holds ``capacity`` already.
+
+        Like a row in the table, the rows of one offer go in together or not at all.
+        """
+        with self._lock:
+            if self._per_queue.get(queue, 0) >= capacity:
+                self._drop_expired_locked()
+                if self._per_queue.get(queue, 0) >= capacity:
+                    return False
+            for row in rows:
+                self._rows.setdefault(row.channel, deque()).append(row)
+            self._per_queue[queue] = self._per_queue.get(queue, 0) + len(rows)
+            return True
+
     def put_back(self, row: Claimed) -> None:
         """Queue ``row`` behind what is buffered for its channel (it was claimed later)."""
         with self._lock:
             self._rows.setdefault(row.channel, deque()).append(row)
+            self._count(row.channel, 1)
 
     def put_front(self, row: Claimed) -> None:
         """Queue ``row`` first in line: its receiver was cancelled, and it is the oldest."""
         with self._lock:
             self._rows.setdefault(row.channel, deque()).appendleft(row)
+            self._count(row.channel, 1)
 
     def holds(self, channel: str) -> bool:
         with self._lock:
@@ -59,19 +84,32 @@ class ClaimedBuffer:
 
     def drop_expired(self) -> int:
         """Forget expired messages, also of channels nobody receives on any more; how many."""
-        now = datetime.now(timezone.utc)
-        dropped = 0
         with self._lock:
-            for channel in list(self._rows):
-                rows = self._rows[channel]
-                kept = deque(row for row in rows if row.expires_at > now)
-                dropped += len(rows) - len(kept)
-                if kept:
-                    self._rows[channel] = kept
-                else:
-                    del self._rows[channel]
-        return dropped
+            return self._drop_expired_locked()
 
     def clear(self) -> None:
         with self._lock:
             self._rows.clear()
+            self._per_queue.clear()
+
+    def _drop_expired_locked(self) -> int:
+        now = datetime.now(timezone.utc)
+        dropped = 0
+        for channel in list(self._rows):
+            rows = self._rows[channel]
+            kept = deque(row for row in rows if row.expires_at > now)
+            dropped += len(rows) - len(kept)
+            self._count(channel, len(kept) - len(rows))
+            if kept:
+                self._rows[channel] = kept
+            else:
+                del self._rows[channel]
+        return dropped
+
+    def _count(self, channel: str, change: int) -> None:
+        queue = non_local_name(channel)
+        held = self._per_queue.get(queue, 0) + change
+        if held > 0:
+            self._per_queue[queue] = held
+        else:
+            self._per_queue.pop(queue, None)

@@ -7,6 +7,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable, Coroutine
+from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
@@ -51,6 +52,7 @@ class PostgresChannelLayer:
         self.capacity = self._config.capacity
         # Names this instance alone may receive on end their non-local part with this.
         self.client_prefix = secrets.token_hex(6)
+        self._own_queue_suffix = f".{self.client_prefix}!"
         # The application's main loop is served directly; every other loop (async_to_sync's
         # per-call loops, loops in worker threads) through the layer's own I/O thread.
         self._home: tuple[asyncio.AbstractEventLoop, LoopBackend] | None = None
@@ -108,7 +110,9 @@ class PostgresChannelLayer:
         payload = self._config.codec.encode(message)
         capacity = self._config.capacity_for(channel)
         queue = non_local_name(channel)
-        if connection is None:
+        if connection is None and self._owns(queue):
+            stored = self._deliver_here([self._local_row(channel, payload)], queue, capacity)
+        elif connection is None:
             stored = await self._call(lambda backend: backend.send(payload, queue, channel, capacity))
         else:
             writer = await self._writer(connection)
@@ -180,8 +184,19 @@ class PostgresChannelLayer:
         async def fan_out(backend: LoopBackend) -> tuple[int, int]:
             rows = await backend.fetch(statements.GROUP_MEMBERS, parameters)
             targets = targets_for((row["channel"] for row in rows), self._config.capacity_for)
-            stored = await backend.enqueue(payload, targets) if targets else set()
-            return members_reached(targets, stored), sum(target.members for target in targets)
+            reached = 0
+            elsewhere = []
+            for target in targets:
+                if not self._owns(target.queue):
+                    elsewhere.append(target)
+                elif self._deliver_here(
+                    [self._local_row(member, payload) for member in target.recipients],
+                    target.queue,
+                    target.capacity,
+                ):
+                    reached += target.members
+            stored = await backend.enqueue(payload, elsewhere) if elsewhere else set()
+            return reached + members_reached(elsewhere, stored), sum(target.members for target in targets)
 
         if connection is None:
             stored, members = await self._call(fan_out)
@@ -267,10 +282,37 @@ class PostgresChannelLayer:
     def _new_backend(self, *, use_given_engine: bool) -> LoopBackend:
         return LoopBackend(self._config, self._buffer, self._wake_readers, use_given_engine=use_given_engine)
 
+    def _owns(self, queue: str) -> bool:
+        """Whether ``queue`` holds process-local channels that this instance made."""
+        return queue.endswith(self._own_queue_suffix)
+
+    def _local_row(self, channel: str, payload: bytes) -> Claimed:
+        return Claimed(0, channel, datetime.now(timezone.utc) + self._config.expiry, payload)
+
+    def _deliver_here(self, rows: list[Claimed], queue: str, capacity: int) -> bool:
+        """Hand messages for this instance's own process-local channels to its receivers.
+
+        Only this instance can ever receive on those channels, so the message has nowhere to
+        go but this process: it skips the table, and with it two statements and a NOTIFY.
+        Whether it was queued (False: the queue holds ``capacity`` messages already).
+        """
+        if self._closed:
+            raise LayerClosedError("this channel layer was closed; create a new one")
+        if not self._buffer.offer(rows, queue, capacity):
+            return False
+        self._wake_readers(queue)
+        return True
+
     def _wake_readers(self, queue: str) -> None:
         """Rows of ``queue`` were buffered: readers on every loop should look (thread-safe)."""
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
         for loop, backend in self._backends():
-            if not loop.is_closed():
+            if loop is current:
+                backend.wake_reader(queue)
+            elif not loop.is_closed():
                 loop.call_soon_threadsafe(backend.wake_reader, queue)
 
     async def _writer(self, connection: ApplicationConnection) -> TransactionalWriter:

@@ -67,15 +67,30 @@ async def test_group_send_skips_full_members_and_logs_how_many(
 
 
 async def test_a_group_send_counts_once_against_a_process_shared_capacity(make_layer: LayerFactory) -> None:
-    layer = make_layer(capacity=3)
+    layer, sender = make_layer(capacity=3), make_layer(capacity=3)  # sender: another process
     channels = [await layer.new_channel() for _ in range(5)]
     for channel in channels:
         await layer.group_add("locals", channel)
-    await layer.group_send("locals", {"type": "broadcast"})  # one row for the process
-    await layer.send(channels[0], {"type": "second"})
-    await layer.send(channels[1], {"type": "third"})
+    await sender.group_send("locals", {"type": "broadcast"})  # one row for the process
+    await sender.send(channels[0], {"type": "second"})
+    await sender.send(channels[1], {"type": "third"})
     with pytest.raises(ChannelFull, match="share one capacity of 3"):
-        await layer.send(channels[2], {"type": "fourth"})
+        await sender.send(channels[2], {"type": "fourth"})
+
+
+async def test_messages_a_layer_sends_its_own_process_local_channels_count_each_delivery(
+    make_layer: LayerFactory,
+) -> None:
+    layer = make_layer(capacity=3)
+    channels = [await layer.new_channel() for _ in range(2)]
+    for channel in channels:
+        await layer.group_add("locals", channel)
+    await layer.group_send("locals", {"type": "broadcast"})  # two deliveries, in this process
+    await layer.send(channels[0], {"type": "third"})
+    with pytest.raises(ChannelFull, match="share one capacity of 3"):
+        await layer.send(channels[1], {"type": "fourth"})
+    assert await receive(layer, channels[0]) == {"type": "broadcast"}
+    await layer.send(channels[1], {"type": "room again"})
 
 
 async def test_concurrent_sends_never_overfill_a_channel(make_layer: LayerFactory) -> None:

@@ -89,11 +89,11 @@ async def test_flush_drops_messages_claimed_but_not_yet_received(layer: Postgres
 async def test_a_group_larger_than_capacity_reaches_every_member_in_a_process(
     make_layer: LayerFactory, sql: Sql
 ) -> None:
-    layer = make_layer(capacity=100)
+    layer, sender = make_layer(capacity=100), make_layer()  # sender: another process
     members = [await layer.new_channel() for _ in range(200)]
     for channel in members:
         await layer.group_add("crowd", channel)
-    await layer.group_send("crowd", {"type": "to all 200"})
+    await sender.group_send("crowd", {"type": "to all 200"})
     (row,) = await sql("SELECT count(*) AS n FROM channel_layer_pg_message WHERE prefix = $1", layer.prefix)
     assert row["n"] == 1  # one row for the whole process, fanned out when received
     got = await asyncio.wait_for(asyncio.gather(*(layer.receive(c) for c in members)), 10)

@@ -1,0 +1,86 @@
+"""Messages a layer sends to its own process-local channels stay in the process.
+
+Only the instance that made a process-local channel can receive on it, so what that same
+instance sends there has no other destination: it skips the table. It must still behave as
+every other message does: in order, bounded by capacity, expiring, flushed, across loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from asgiref.sync import async_to_sync
+
+from channel_layer_pg import PostgresChannelLayer
+from tests.helpers import TIMEOUT, LayerFactory, Sql, nothing_arrives, receive
+
+
+async def rows_under(sql: Sql, layer: PostgresChannelLayer) -> int:
+    (row,) = await sql("SELECT count(*) AS n FROM channel_layer_pg_message WHERE prefix = $1", layer.prefix)
+    return int(row["n"])
+
+
+async def test_sends_to_its_own_process_local_channels_never_reach_the_table(
+    layer: PostgresChannelLayer, sql: Sql
+) -> None:
+    channel = await layer.new_channel()
+    await layer.group_add("room", channel)
+    await layer.send(channel, {"type": "direct"})
+    await layer.group_send("room", {"type": "to the group"})
+    assert await rows_under(sql, layer) == 0
+    assert await receive(layer, channel) == {"type": "direct"}
+    assert await receive(layer, channel) == {"type": "to the group"}
+
+
+async def test_a_waiting_receive_gets_a_message_sent_in_process(layer: PostgresChannelLayer) -> None:
+    channel = await layer.new_channel()
+    receiving = asyncio.create_task(layer.receive(channel))
+    await asyncio.sleep(0)  # the receive starts waiting; either order must deliver
+    await layer.send(channel, {"type": "wake up"})
+    assert await asyncio.wait_for(receiving, TIMEOUT) == {"type": "wake up"}
+
+
+async def test_sends_and_group_sends_in_process_arrive_in_the_order_sent(layer: PostgresChannelLayer) -> None:
+    channel = await layer.new_channel()
+    await layer.group_add("room", channel)
+    for n in range(10):
+        if n % 2:
+            await layer.group_send("room", {"type": "n", "n": n})
+        else:
+            await layer.send(channel, {"type": "n", "n": n})
+    assert [(await receive(layer, channel))["n"] for _ in range(10)] == list(range(10))
+
+
+async def test_other_members_of_the_group_still_get_theirs_through_the_table(
+    make_layer: LayerFactory, sql: Sql
+) -> None:
+    here, there = make_layer(), make_layer()
+    mine, theirs = await here.new_channel(), await there.new_channel()
+    await here.group_add("room", mine)
+    await here.group_add("room", theirs)
+    await here.group_send("room", {"type": "hello"})
+    assert await rows_under(sql, here) == 1  # one row, for the other process
+    assert await receive(here, mine) == {"type": "hello"}
+    assert await receive(there, theirs) == {"type": "hello"}
+
+
+async def test_a_message_sent_in_process_expires(make_layer: LayerFactory) -> None:
+    layer = make_layer(expiry=0.2)
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "stale"})
+    await asyncio.sleep(0.3)  # past its expiry: time passing, not a wait for an outcome
+    assert await nothing_arrives(layer, channel)
+
+
+async def test_flush_drops_messages_sent_in_process(layer: PostgresChannelLayer) -> None:
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "flushed"})
+    await layer.flush()
+    assert await nothing_arrives(layer, channel)
+
+
+async def test_a_sync_caller_reaches_a_receive_on_the_main_loop(layer: PostgresChannelLayer) -> None:
+    channel = await layer.new_channel()
+    receiving = asyncio.create_task(layer.receive(channel))
+    await asyncio.to_thread(async_to_sync(layer.send), channel, {"type": "from a view"})
+    assert await asyncio.wait_for(receiving, TIMEOUT) == {"type": "from a view"}
