@@ -51,7 +51,7 @@ class QueueReader:
         self._on_buffered = on_buffered
         self._on_idle = on_idle
         self._waiters: dict[str, deque[asyncio.Future[Claimed]]] = {}
-        self._wakeup = asyncio.Event()
+        self._wakeup = _Wakeup()
         self._task: asyncio.Task[None] | None = None
         self._backoff = _BACKOFF_START
         # At most one claim per queue is in flight, the reader's or a receive's own, so rows
@@ -127,7 +127,10 @@ class QueueReader:
             self._on_buffered(self.queue)
 
     def wake(self) -> None:
-        self._wakeup.set()
+        # With nobody waiting there is nothing to claim for: the next receive looks at the
+        # table itself. Skipping the wake saves the lingering reader a turn per NOTIFY.
+        if self._waiters:
+            self._wakeup.set()
 
     def fail_waiters(self, exc: BaseException) -> None:
         for waiters in self._waiters.values():
@@ -175,11 +178,11 @@ class QueueReader:
             if not self._waiters:
                 # Stay subscribed a while: a consumer calls receive again right after each
                 # message, and LISTEN/UNLISTEN per message would cost a round trip each.
-                if not await _woken(self._wakeup, IDLE_LINGER) and not self._waiters:
+                if not await self._wakeup.wait(IDLE_LINGER) and not self._waiters:
                     return
                 continue
             if self._inline_claim is not None:
-                await _woken(self._wakeup, POLL_INTERVAL)
+                await self._wakeup.wait(POLL_INTERVAL)
                 continue
             wanted = {channel: len(waiters) for channel, waiters in self._waiters.items()}
             self._reader_claiming = True
@@ -198,7 +201,7 @@ class QueueReader:
             if rows:
                 self._dispatch(rows)
                 continue
-            await _woken(self._wakeup, POLL_INTERVAL)
+            await self._wakeup.wait(POLL_INTERVAL)
 
     async def _outlast(self, exc: Exception) -> bool:
         """Wait out a lost database and return True, or fail the waiters and return False.
@@ -262,15 +265,34 @@ class QueueReader:
             del self._waiters[channel]
 
 
-async def _woken(event: asyncio.Event, timeout: float) -> bool:
-    """Wait for ``event`` at most ``timeout`` seconds; whether it was set.
+class _Wakeup:
+    """A flag the reader task sleeps on, with a timeout.
 
-    Not asyncio.wait_for: before Python 3.12 it drops a cancellation that lands as the event is
-    set, and a reader that missed close()'s cancel lingered on for IDLE_LINGER seconds.
+    Not asyncio.Event with asyncio.wait_for: before Python 3.12 wait_for drops a cancellation
+    that lands as the event is set, and a reader that missed close()'s cancel lingered on for
+    IDLE_LINGER seconds. Waiting on a bare future also spares a task per wait.
     """
-    waiting = asyncio.ensure_future(event.wait())
-    try:
-        done, _ = await asyncio.wait({waiting}, timeout=timeout)
-    finally:
-        waiting.cancel()
-    return bool(done)
+
+    __slots__ = ("_flag", "_future")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._future: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._flag = True
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until set, at most ``timeout`` seconds; whether it was set."""
+        if not self._flag:
+            self._future = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait({self._future}, timeout=timeout)
+            finally:
+                self._future = None
+        return self._flag
