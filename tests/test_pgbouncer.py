@@ -250,6 +250,58 @@ async def test_without_listen_url_receives_through_pgbouncer_fail_naming_listen_
         await asyncio.wait_for(layer.receive("test.unheard"), TIMEOUT)
 
 
+@pytest.fixture
+def forgetful_pgbouncer(database_url: str) -> Iterator[PgBouncer]:
+    """A lenient PgBouncer that also discards its server connections' statements after every
+    transaction, so that a named statement used a second time is always missing."""
+    _require_pgbouncer()
+    settings = {"ignore_startup_parameters": "synchronous_commit", "server_reset_query_always": "1"}
+    with running_pgbouncer(database_url, settings=settings) as bouncer:
+        yield bouncer
+
+
+async def test_with_listen_url_nothing_relies_on_what_a_transaction_left_in_its_session(
+    make_layer: LayerFactory, forgetful_pgbouncer: PgBouncer, database_url: str
+) -> None:
+    layer = make_layer(url=forgetful_pgbouncer.url, listen_url=database_url, pool_size=10, capacity=1000)
+    channels = [f"test.reset-{n}" for n in range(50)]
+    for _ in range(2):  # every statement a second time, after PgBouncer's DISCARD ALL
+        member = await layer.new_channel()
+        await layer.group_add("room", member)
+        receiving = [asyncio.create_task(layer.receive(channel)) for channel in channels]
+        await send_each(layer, channels)
+        await layer.group_send("room", {"type": "chat"})
+        assert await received_by(receiving, TIMEOUT) == channels
+        assert await receive(layer, member) == {"type": "chat"}
+        await layer.group_discard("room", member)
+        await layer.flush()
+
+
+async def test_without_listen_url_a_lost_named_statement_is_an_error_naming_listen_url(
+    make_layer: LayerFactory, forgetful_pgbouncer: PgBouncer
+) -> None:
+    layer = make_layer(url=forgetful_pgbouncer.url)
+    await layer.send("test.named", {"type": "prepared and run"})
+    with pytest.raises(DatabaseUnreachableError, match=r"does not exist; .*set listen_url to a direct"):
+        await layer.send("test.named", {"type": "run again: gone"})
+
+
+async def test_an_application_engine_with_named_statements_is_an_error_saying_how_to_make_it(
+    make_layer: LayerFactory, forgetful_pgbouncer: PgBouncer, database_url: str
+) -> None:
+    engine = create_async_engine(asyncpg_url(forgetful_pgbouncer.url)[0])
+    try:
+        layer = make_layer(url=None, engine=engine, listen_url=database_url)
+        await layer.send("test.named", {"type": "prepared and run"})
+        with pytest.raises(
+            DatabaseUnreachableError, match=r"create it with connect_args=\{'statement_cache_size': 0"
+        ):
+            await layer.send("test.named", {"type": "run again: gone"})
+        await layer.close()
+    finally:
+        await engine.dispose()
+
+
 async def test_a_listen_url_through_pgbouncer_fails_receives_with_a_clear_error(
     make_layer: LayerFactory, pgbouncer: PgBouncer
 ) -> None:
