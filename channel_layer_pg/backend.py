@@ -17,7 +17,7 @@ from sqlalchemy.sql.base import Executable
 from . import statements
 from .buffer import Claimed, ClaimedBuffer
 from .config import LayerConfig
-from .database import StatementRunner, create_engine
+from .database import StatementRunner, create_engine, create_listen_engine
 from .fanout import Target, enqueue_parameters, send_parameters
 from .listener import Listener
 from .naming import topic_for
@@ -47,7 +47,10 @@ class LoopBackend:
         self._statements = StatementRunner(self.engine, config, owns_engine=self._owns_engine)
         # Half the pool for sends, so receives always find connections to claim with.
         self._sends = SendBatcher(self._send_one, self._send_many, slots=max(1, config.pool_size // 2))
-        self._listener = Listener(self.engine, config)
+        # LISTEN through a transaction pooler would hear nothing: with listen_url set, the
+        # listener connects there, directly to PostgreSQL.
+        self._listen_engine = create_listen_engine(config)
+        self._listener = Listener(self._listen_engine or self.engine, config, self._notify)
         self._readers: dict[str, QueueReader] = {}
         self._cleanup_task: asyncio.Task[None] | None = None
 
@@ -56,6 +59,9 @@ class LoopBackend:
 
     async def execute(self, statement: Executable, parameters: dict[str, Any]) -> int:
         return await self._statements.execute(statement, parameters)
+
+    async def _notify(self, topic: str) -> None:
+        await self.execute(statements.NOTIFY, {"topic": topic})
 
     async def enqueue(self, payload: bytes, targets: Sequence[Target]) -> set[str]:
         """Store ``payload`` once per target with room; the queues it was stored in."""
@@ -121,6 +127,8 @@ class LoopBackend:
         await asyncio.gather(*(reader.close(exc) for reader in readers))
         await self._listener.close()
         await self._statements.close()
+        if self._listen_engine is not None:
+            await self._listen_engine.dispose()
         if self._owns_engine:
             await self.engine.dispose()
 

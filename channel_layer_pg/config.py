@@ -7,7 +7,7 @@ import fnmatch
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -44,6 +44,7 @@ _IGNORED_DJANGO_OPTIONS = ("pool", "server_side_binding", "isolation_level", "as
 
 OPTION_NAMES = (
     "url",
+    "listen_url",
     "engine",
     "prefix",
     "expiry",
@@ -73,8 +74,19 @@ class LayerConfig:
     pool_size: int
     max_overflow: int
     connect_timeout: float
-    synchronous_commit: str
+    # None: left to the server, as it must be behind a transaction pooler (see listen_url).
+    synchronous_commit: str | None
     connect_args: dict[str, Any] = field(default_factory=dict)
+    # A direct PostgreSQL URL for LISTEN. Setting it says that the database URL is a pooler in
+    # transaction mode (PgBouncer), where LISTEN, session settings and named prepared
+    # statements do not survive from one transaction to the next.
+    listen_url: URL | None = None
+    listen_connect_args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def behind_pooler(self) -> bool:
+        """Whether the layer's statements go through a transaction pooler."""
+        return self.listen_url is not None
 
     def capacity_for(self, channel: str) -> int:
         for pattern, capacity in self.channel_capacity:
@@ -97,6 +109,12 @@ class LayerConfig:
         if url is None:
             return "<unknown>"
         return f"{url.host or 'local socket'}:{url.port or 5432}"
+
+    def for_listening(self) -> LayerConfig:
+        """These settings as the LISTEN connection sees them: errors name the server it uses."""
+        if self.listen_url is None:
+            return self
+        return replace(self, url=self.listen_url, engine=None)
 
 
 def build_config(options: Mapping[str, Any]) -> LayerConfig:
@@ -126,6 +144,23 @@ def build_config(options: Mapping[str, Any]) -> LayerConfig:
             )
         database_url, connect_args = asyncpg_url(url)
 
+    listen_url: URL | None = None
+    listen_connect_args: dict[str, Any] = {}
+    if options.get("listen_url") is not None:
+        listen_url, listen_connect_args = asyncpg_url(options["listen_url"], option="listen_url")
+    synchronous_commit: str | None = _synchronous_commit(options.get("synchronous_commit", "off"))
+    if listen_url is not None:
+        if "synchronous_commit" in options:
+            # A session setting cannot be applied through a transaction pooler: each statement
+            # may run on another server connection. Silently running with the server's value
+            # would break the durability the option asked for.
+            raise ValueError(
+                "synchronous_commit cannot be applied through a transaction pooler (listen_url is "
+                "set): remove it and set it for the role or database instead, e.g. ALTER ROLE app "
+                f"SET synchronous_commit = {synchronous_commit}, or in PgBouncer's connect_query"
+            )
+        synchronous_commit = None
+
     keys = options.get("symmetric_encryption_keys")
     if keys is not None and (isinstance(keys, (str, bytes)) or not hasattr(keys, "__iter__")):
         raise TypeError("symmetric_encryption_keys must be a list of keys, not a single key")
@@ -146,8 +181,10 @@ def build_config(options: Mapping[str, Any]) -> LayerConfig:
         pool_size=_positive_int("pool_size", options.get("pool_size", 10)),
         max_overflow=_non_negative_int("max_overflow", options.get("max_overflow", 10)),
         connect_timeout=_seconds("connect_timeout", options.get("connect_timeout", 10)),
-        synchronous_commit=_synchronous_commit(options.get("synchronous_commit", "off")),
+        synchronous_commit=synchronous_commit,
         connect_args=connect_args,
+        listen_url=listen_url,
+        listen_connect_args=listen_connect_args,
     )
 
 
@@ -171,19 +208,23 @@ def _check_engine(engine: object) -> None:
         )
 
 
-def asyncpg_url(url: object) -> tuple[URL, dict[str, Any]]:
+def asyncpg_url(url: object, *, option: str = "url") -> tuple[URL, dict[str, Any]]:
+    """``url`` for SQLAlchemy's asyncpg driver, and the connect args its query asked for.
+
+    ``option`` is the name errors give the value: the option it came from.
+    """
     if not isinstance(url, (str, URL)):
-        raise TypeError(f"url must be a str or sqlalchemy URL, not {type(url).__name__}")
+        raise TypeError(f"{option} must be a str or sqlalchemy URL, not {type(url).__name__}")
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise ValueError(
-            "url is not a database URL; expected postgresql://user:password@host:port/db"
+            f"{option} is not a database URL; expected postgresql://user:password@host:port/db"
         ) from None
     backend = parsed.get_backend_name()
     if backend not in ("postgresql", "postgres"):
         raise ValueError(
-            f"url must point at PostgreSQL (postgresql://...), not {backend!r}: "
+            f"{option} must point at PostgreSQL (postgresql://...), not {backend!r}: "
             f"{parsed.render_as_string(hide_password=True)}"
         )
     connect_args: dict[str, Any] = {}

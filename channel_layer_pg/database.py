@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import asyncpg
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.base import Executable
 
 from .config import LayerConfig
@@ -24,6 +25,7 @@ T = TypeVar("T")
 logger = logging.getLogger("channel_layer_pg")
 
 _UNDEFINED_TABLE = "42P01"
+_PROTOCOL_VIOLATION = "08P01"
 # Connection exceptions (class 08), and the server shutting down, crashing or still starting.
 _CONNECTION_LOST_STATES = ("57P01", "57P02", "57P03")
 # Waits between attempts to open a connection, about 2 s in all: long enough to ride out a
@@ -31,6 +33,9 @@ _CONNECTION_LOST_STATES = ("57P01", "57P02", "57P03")
 _RECONNECT_DELAYS = (0.05, 0.2, 0.5, 1.0)
 # Authentication failures, an unknown database or role: the server answered but refused us.
 _CONNECT_REFUSALS = {"28P01", "28000", "3D000"}
+# A named prepared statement missing, or its name taken: what a transaction pooler does to
+# statements prepared on one server connection and run on another.
+_LOST_PREPARED_STATEMENTS = {"26000", "42P05"}
 
 # How long close() lets statements already running finish before the engine goes.
 _CLOSE_GRACE = 5.0
@@ -48,24 +53,58 @@ def create_engine(config: LayerConfig, *, use_given_engine: bool) -> tuple[Async
     if config.engine is not None and use_given_engine:
         return config.engine.execution_options(isolation_level="AUTOCOMMIT"), False
     url = config.url if config.url is not None else config.engine.url
-    connect_args = {"timeout": config.connect_timeout, **config.connect_args}
-    # A commit that waits for its WAL flush costs a disk sync per message; see the README on
-    # what synchronous_commit=off risks (the last fraction of a second of messages if the
-    # server crashes) and gains.
-    connect_args["server_settings"] = {
-        # Named, so pg_stat_activity shows which sessions are the layer's.
-        "application_name": "channel_layer_pg",
-        "synchronous_commit": config.synchronous_commit,
-        **connect_args.get("server_settings", {}),
-    }
     engine = create_async_engine(
         url,
         isolation_level="AUTOCOMMIT",
-        connect_args=connect_args,
+        connect_args=_connect_args(config, config.connect_args),
         pool_size=config.pool_size,
         max_overflow=config.max_overflow,
     )
     return engine, True
+
+
+def create_listen_engine(config: LayerConfig) -> AsyncEngine | None:
+    """An engine on ``listen_url`` for the LISTEN connection, or None to use the layer's own.
+
+    NullPool: the listener takes one connection out for good and reopens it only after a
+    loss, so a pool would only keep connections nobody uses.
+    """
+    if config.listen_url is None:
+        return None
+    # Connected as the database URL says (TLS, timeout, application_name), with what
+    # listen_url's own query says on top.
+    connect_args = {**config.connect_args, **config.listen_connect_args}
+    return create_async_engine(
+        config.listen_url, connect_args=_connect_args(config, connect_args, listen=True), poolclass=NullPool
+    )
+
+
+def _connect_args(config: LayerConfig, given: Mapping[str, Any], *, listen: bool = False) -> dict[str, Any]:
+    connect_args = {"timeout": config.connect_timeout, **given}
+    server_settings = {
+        # Named, so pg_stat_activity shows which sessions are the layer's. PgBouncer accepts
+        # this one startup parameter and sets it on whichever server connection it lends.
+        "application_name": "channel_layer_pg",
+        **connect_args.get("server_settings", {}),
+    }
+    if config.synchronous_commit is not None and not listen:
+        # A commit that waits for its WAL flush costs a disk sync per message; see the README
+        # on what synchronous_commit=off risks (the last fraction of a second of messages if
+        # the server crashes) and gains.
+        server_settings["synchronous_commit"] = config.synchronous_commit
+    connect_args["server_settings"] = server_settings
+    if config.behind_pooler:
+        # A transaction pooler lends each transaction whichever server connection is free, so
+        # a statement prepared under a name on one is missing, or its name taken by another
+        # client's, on the next. Without a cache asyncpg prepares unnamed statements and sends
+        # each one's Parse again with its Bind and Execute, before one Sync: the pooler keeps
+        # that exchange on one server connection. (For the LISTEN connection it matters only
+        # if listen_url points at the pooler too, which the listener then reports.)
+        connect_args["statement_cache_size"] = 0
+        # SQLAlchemy's own cache of asyncpg prepared statements, used for the queries it runs
+        # when it first connects: nothing worth keeping when statements are unnamed.
+        connect_args["prepared_statement_cache_size"] = 0
+    return connect_args
 
 
 @asynccontextmanager
@@ -86,6 +125,8 @@ async def translated_errors(config: LayerConfig) -> AsyncIterator[None]:
     except asyncpg.exceptions.PostgresError as exc:
         if exc.sqlstate in _CONNECTION_LOST_STATES:
             raise _unreachable(config, exc) from exc
+        if exc.sqlstate in _LOST_PREPARED_STATEMENTS:
+            raise _pooled_statement_lost(config, exc) from exc
         raise
     except (OSError, asyncio.TimeoutError) as exc:
         raise _unreachable(config, exc) from exc
@@ -223,6 +264,10 @@ def _translate(config: LayerConfig, exc: DBAPIError) -> Exception:
         return _schema_missing(config)
     if sqlstate in _CONNECT_REFUSALS:
         return _refused(config, exc.orig)
+    if sqlstate == _PROTOCOL_VIOLATION and "startup parameter" in str(exc.orig):
+        return _startup_parameter_refused(config, exc.orig)
+    if sqlstate in _LOST_PREPARED_STATEMENTS:
+        return _pooled_statement_lost(config, exc.orig or exc)
     if sqlstate in _CONNECTION_LOST_STATES or sqlstate.startswith("08"):
         return _unreachable(config, exc.orig or exc)
     cause = exc.orig.__cause__ if exc.orig is not None else None
@@ -250,6 +295,36 @@ def _schema_missing(config: LayerConfig) -> SchemaMissingError:
 def _refused(config: LayerConfig, reason: object) -> DatabaseUnreachableError:
     return _ConnectionRefused(
         f"PostgreSQL at {config.host_and_port} refused the connection ({config.safe_url}): {reason}"
+    )
+
+
+# What a user behind a transaction pooler has to do, named by every error that suggests one.
+_POOLER_HINT = (
+    "if the URL points at a pooler in transaction mode (PgBouncer's pool_mode = transaction), "
+    "set listen_url to a direct PostgreSQL URL: the layer then leaves synchronous_commit to the "
+    "server and prepares no named statements"
+)
+
+
+def _startup_parameter_refused(config: LayerConfig, reason: object) -> DatabaseUnreachableError:
+    return _ConnectionRefused(
+        f"{config.host_and_port} refused the connection ({config.safe_url}): {reason}; {_POOLER_HINT}"
+    )
+
+
+def _pooled_statement_lost(config: LayerConfig, exc: BaseException) -> DatabaseUnreachableError:
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if config.behind_pooler and config.engine is not None:
+        # With listen_url set, only an engine the application gave prepares named statements.
+        advice = (
+            "the engine passed as engine= prepares named statements, which a transaction pooler "
+            "loses between transactions: create it with "
+            "connect_args={'statement_cache_size': 0, 'prepared_statement_cache_size': 0}"
+        )
+    else:
+        advice = _POOLER_HINT
+    return _ConnectionRefused(
+        f"PostgreSQL at {config.host_and_port} ({config.safe_url}): {first_line}; {advice}"
     )
 
 

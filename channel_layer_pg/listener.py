@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -21,6 +22,8 @@ from .errors import DatabaseUnreachableError
 logger = logging.getLogger("channel_layer_pg")
 
 Wake = Callable[[], None]
+# Sends a NOTIFY on a topic through the layer's own pool (the way every send wakes readers).
+Notify = Callable[[str], Awaitable[object]]
 
 _BACKOFF_START = 0.1
 _BACKOFF_MAX = 5.0
@@ -32,10 +35,24 @@ def _lost(config: LayerConfig, exc: Exception) -> DatabaseUnreachableError:
     )
 
 
+class _NotificationsNotDelivered(DatabaseUnreachableError):
+    """LISTEN succeeded but hears nothing the layer sends: a setting to fix, not an outage."""
+
+
 class Listener:
-    def __init__(self, engine: AsyncEngine, config: LayerConfig) -> None:
+    """LISTENs on ``engine`` (the layer's, or one on listen_url) for the topics readers want."""
+
+    def __init__(self, engine: AsyncEngine, config: LayerConfig, notify: Notify) -> None:
         self._engine = engine
         self._config = config
+        # Errors about the LISTEN connection name the server it goes to.
+        self._listen_config = config.for_listening()
+        self._notify = notify
+        self._delivery_checked = False
+        # The latest failed delivery check, and how many there were: subscribes that queued
+        # behind a failing check fail with it rather than each wait out a check of their own.
+        self._check_failure: DatabaseUnreachableError | None = None
+        self._check_failures = 0
         self._wakers: dict[str, set[Wake]] = {}
         self._conn: AsyncConnection | None = None
         self._driver: Any = None  # the asyncpg connection under self._conn
@@ -47,7 +64,10 @@ class Listener:
 
     async def subscribe(self, topic: str, wake: Wake) -> None:
         """Call ``wake`` on every NOTIFY to ``topic``; LISTEN is in effect when this returns."""
+        failures = self._check_failures
         async with self._lock:
+            if self._check_failures != failures and self._check_failure is not None:
+                raise self._check_failure
             await self._ensure_connected()
             wakers = self._wakers.setdefault(topic, set())
             if not wakers:
@@ -60,7 +80,7 @@ class Listener:
                         # Whatever broke LISTEN (most often a connection killed but not yet
                         # noticed) leaves this connection untrustworthy: start afresh.
                         await self._drop_connection()
-                        raise _lost(self._config, exc) from exc
+                        raise _lost(self._listen_config, exc) from exc
                     raise
             wakers.add(wake)
 
@@ -92,7 +112,7 @@ class Listener:
         if self._driver is not None and not self._driver.is_closed():
             return
         await self._drop_connection()
-        async with translated_errors(self._config):
+        async with translated_errors(self._listen_config):
             while True:
                 conn = await self._engine.connect()
                 try:
@@ -112,7 +132,61 @@ class Listener:
                     raise
                 break
         self._conn, self._driver = conn, driver
+        if not self._delivery_checked:
+            try:
+                await self._check_delivery()
+            except BaseException:
+                await self._drop_connection()
+                raise
+            self._delivery_checked = True
         self.has_connected = True
+
+    async def _check_delivery(self) -> None:
+        """Fail unless a NOTIFY sent through the layer's pool reaches this connection.
+
+        Through a transaction pooler, LISTEN holds only the server connection lent for that one
+        statement, and its notifications go to whichever client holds that connection next:
+        every receive would wait for the reader's poll. A listen_url that reaches another
+        server or database fails the same way. Checked once: a reconnect uses the same settings.
+        """
+        topic = f"channel_layer_pg_check_{secrets.token_hex(8)}"
+        arrived = asyncio.get_running_loop().create_future()
+
+        def on_notify(*_: object) -> None:
+            if not arrived.done():
+                arrived.set_result(None)
+
+        async with translated_errors(self._listen_config):
+            await self._driver.add_listener(topic, on_notify)
+        try:
+            await self._notify(topic)
+            heard, _ = await asyncio.wait({arrived}, timeout=self._config.connect_timeout)
+        finally:
+            arrived.cancel()
+            try:
+                await self._driver.remove_listener(topic, on_notify)
+            except Exception:  # the connection died meanwhile; its LISTENs died with it
+                logger.debug("UNLISTEN %s failed; connection already gone", topic)
+        if not heard:
+            self._check_failure = self._not_delivered()
+            self._check_failures += 1
+            raise self._check_failure
+
+    def _not_delivered(self) -> DatabaseUnreachableError:
+        config = self._config
+        heard = (
+            f"a NOTIFY sent through {config.safe_url} did not reach the LISTEN connection to "
+            f"{self._listen_config.host_and_port} within {config.connect_timeout:g} s"
+        )
+        if config.listen_url is None:
+            return _NotificationsNotDelivered(
+                f"{heard}: if the URL points at a pooler in transaction mode (PgBouncer's "
+                "pool_mode = transaction), set listen_url to a direct PostgreSQL URL"
+            )
+        return _NotificationsNotDelivered(
+            f"{heard}: listen_url must reach the same PostgreSQL server and database as the "
+            "layer's URL, directly rather than through a pooler in transaction mode"
+        )
 
     async def _drop_connection(self) -> None:
         conn, self._conn, self._driver = self._conn, None, None
@@ -130,7 +204,7 @@ class Listener:
         # Our own close of an old connection also lands here; only the current one matters.
         if self._closed or connection is not self._driver:
             return
-        logger.warning("listen connection to %s lost; reconnecting", self._config.host_and_port)
+        logger.warning("listen connection to %s lost; reconnecting", self._listen_config.host_and_port)
         self._driver = None
         if self._reconnect_task is None or self._reconnect_task.done():
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
@@ -150,7 +224,7 @@ class Listener:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
                 continue
-            logger.info("listen connection to %s restored", self._config.host_and_port)
+            logger.info("listen connection to %s restored", self._listen_config.host_and_port)
             break
         # Whatever was sent while nobody listened is in the table: every reader looks again.
         for wakers in tuple(self._wakers.values()):

@@ -319,6 +319,10 @@ DELETE_LAPSED_MEMBERS = delete(group_member).where(
     )
 )
 
+# Wakes whoever LISTENs on ``topic``. The listener sends one through the pool when it first
+# connects, to check that what the layer's statements send reaches its LISTEN connection.
+NOTIFY = select(func.pg_notify(bindparam("topic", type_=Text), literal("", Text)))
+
 __all__ = [
     "CLAIM",
     "DATABASE_IDENTITY",
@@ -331,5 +335,6 @@ __all__ = [
     "GROUP_ADD_FOREVER",
     "GROUP_DISCARD",
     "GROUP_MEMBERS",
+    "NOTIFY",
     "SEND",
 ]

@@ -144,3 +144,34 @@ async def test_an_application_engine_is_used_and_not_disposed(database_url: str,
 def test_engine_must_be_an_async_engine() -> None:
     with pytest.raises(TypeError, match="engine must be a SQLAlchemy AsyncEngine"):
         build_config({"engine": "postgresql://h/db"})
+
+
+def test_listen_url_is_accepted_with_the_django_keys() -> None:
+    # How a Django project behind PgBouncer configures it: the keys name PgBouncer.
+    config = build_config(
+        {"NAME": "app", "HOST": "pgbouncer", "PORT": "6432", "listen_url": "postgres://app@db:5432/app"}
+    )
+    assert config.url is not None and config.url.host == "pgbouncer"
+    assert config.listen_url is not None and config.listen_url.drivername == "postgresql+asyncpg"
+    assert (config.listen_url.host, config.listen_url.port) == ("db", 5432)
+
+
+def test_listen_url_is_accepted_with_an_application_engine() -> None:
+    engine = create_async_engine("postgresql+asyncpg://app@pgbouncer:6432/app")
+    config = build_config({"engine": engine, "listen_url": "postgresql://app@db/app?sslmode=require"})
+    assert config.listen_url is not None and config.listen_url.host == "db"
+    assert config.listen_connect_args == {"ssl": "require"}
+
+
+def test_a_bad_listen_url_is_named_in_the_error() -> None:
+    with pytest.raises(ValueError, match="listen_url must point at PostgreSQL"):
+        build_config({"url": "postgresql://h/db", "listen_url": "redis://h"})
+
+
+def test_synchronous_commit_with_listen_url_is_an_error_saying_where_to_set_it() -> None:
+    with pytest.raises(
+        ValueError, match=r"synchronous_commit cannot be applied.*ALTER ROLE app SET synchronous_commit = on"
+    ):
+        build_config(
+            {"url": "postgresql://h/db", "listen_url": "postgresql://h2/db", "synchronous_commit": "on"}
+        )
