@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.base import Executable
 
-from . import statements
+from . import statements, stats
 from .config import LayerConfig
 from .connections import Held, HeldConnections
 from .errors import DatabaseUnreachableError, SchemaMissingError
@@ -24,7 +24,7 @@ from .errors import DatabaseUnreachableError, SchemaMissingError
 T = TypeVar("T")
 
 # Where the statements the runner is given are defined, for naming them in logs.
-_STATEMENT_MODULES = (statements,)
+_STATEMENT_MODULES = (statements, stats)
 
 logger = logging.getLogger("channel_layer_pg")
 
