@@ -63,6 +63,17 @@ async def blocked_by(sql: Sql, blocker: asyncpg.Connection) -> None:
             await asyncio.sleep(0.01)
 
 
+async def kill_listener(layer: PostgresChannelLayer, sql: Sql, logged: Awaited) -> None:
+    """Terminate the layer's listen session once a waiting receive opened it; wait for its return."""
+    async with asyncio.timeout(TIMEOUT):
+        # Polling the server for an observable state, bounded: no event exists for it.
+        while not (stats := await layer.stats()).listeners:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    restored = logged.expect("restored after")
+    await sql("SELECT pg_terminate_backend($1)", stats.listeners[0].pid)
+    await restored()
+
+
 async def test_a_send_refused_for_capacity_is_logged_with_its_channel(
     make_layer: LayerFactory, caplog: pytest.LogCaptureFixture, logged: Awaited
 ) -> None:
@@ -133,13 +144,7 @@ async def test_a_lost_listen_connection_is_logged_with_how_long_it_was_down(
 ) -> None:
     receiving = asyncio.create_task(layer.receive("test.waiting"))
     try:
-        async with asyncio.timeout(TIMEOUT):
-            # Polling the server for an observable state, bounded: no event exists for it.
-            while not (stats := await layer.stats()).listeners:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-        restored = logged.expect("restored after")
-        await sql("SELECT pg_terminate_backend($1)", stats.listeners[0].pid)
-        await restored()
+        await kill_listener(layer, sql, logged)
     finally:
         receiving.cancel()
         await asyncio.gather(receiving, return_exceptions=True)
@@ -232,13 +237,14 @@ async def test_no_record_holds_a_payload_or_the_password(
     finally:
         await blocker.close()
     await asyncio.wait_for(sending, TIMEOUT)
+    assert (await asyncio.wait_for(layer.receive("test.slow-secret"), TIMEOUT))["text"] == SECRET
     # The listen connection lost and restored.
-    receiving = asyncio.create_task(layer.receive("test.slow-secret"))
-    assert (await asyncio.wait_for(receiving, TIMEOUT))["text"] == SECRET
-    restored = logged.expect("restored after")
-    (listener,) = (await layer.stats()).listeners
-    await sql("SELECT pg_terminate_backend($1)", listener.pid)
-    await restored()
+    receiving = asyncio.create_task(layer.receive("test.waiting"))
+    try:
+        await kill_listener(layer, sql, logged)
+    finally:
+        receiving.cancel()
+        await asyncio.gather(receiving, return_exceptions=True)
     # A cleanup run, and a close.
     await sql(
         "UPDATE channel_layer_pg_message SET expires_at = now() - interval '1 second' WHERE prefix = $1",
