@@ -559,7 +559,8 @@ class Sample:
 SAMPLE_SQL = """
 SELECT
     (SELECT count(*) FROM pg_stat_activity
-      WHERE application_name = 'channel_layer_pg' AND datname = current_database()) AS connections,
+      WHERE (application_name = 'channel_layer_pg' OR application_name LIKE 'channel_layer_pg listener%')
+        AND datname = current_database()) AS connections,
     count(*) FILTER (WHERE queue = $2) AS work_rows,
     count(*) FILTER (WHERE queue LIKE 'specific.%') AS local_rows,
     count(*) FILTER (WHERE queue = $3) AS nobody_rows,

@@ -10,6 +10,7 @@ from .errors import (
 )
 from .layer import PostgresChannelLayer
 from .migrate import migrate
+from .stats import LayerStats
 
 __all__ = [
     "ChannelFull",
@@ -17,6 +18,7 @@ __all__ = [
     "DatabaseUnreachableError",
     "DecryptionError",
     "LayerClosedError",
+    "LayerStats",
     "PostgresChannelLayer",
     "SchemaMissingError",
     "migrate",

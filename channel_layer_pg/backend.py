@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -167,16 +168,25 @@ class LoopBackend:
 
     async def delete_expired(self) -> int:
         """Remove expired messages and lapsed memberships in bounded batches; rows removed."""
-        removed = 0
+        started = time.perf_counter()
+        removed = []
         for statement in (statements.DELETE_EXPIRED_MESSAGES, statements.DELETE_LAPSED_MEMBERS):
+            removed.append(0)
             while True:
                 count = await self.execute(statement, {"batch": CLEANUP_BATCH})
-                removed += count
+                removed[-1] += count
                 if count < CLEANUP_BATCH:
                     break
-        if removed:
-            logger.info("removed %d expired messages and lapsed group memberships", removed)
-        return removed
+        messages, memberships = removed
+        # Quiet when there was nothing to do: every process cleans every 30 s.
+        logger.log(
+            logging.INFO if messages or memberships else logging.DEBUG,
+            "cleanup removed %d expired messages and %d lapsed group memberships in %.3f s",
+            messages,
+            memberships,
+            time.perf_counter() - started,
+        )
+        return messages + memberships
 
     def wake_reader(self, queue: str) -> None:
         """Make this loop's reader of ``queue``, if any, look at the shared buffer again."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from .config import URL_ENV_VAR
 from .demo import DemoError, run_demo, run_worker
 from .errors import ChannelLayerError
+from .layer import PostgresChannelLayer
 from .migrate import migrate
 from .web_demo.serve import run_web_demo
 
@@ -55,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.command == "demo":
             return run_demo(args.url, args.messages)
+        if args.command == "stats":
+            url = _url(args.url, "stats")
+            return asyncio.run(_stats(url, args)) if url else 2
         url = _url(args.url, args.command)
         return run_worker(url, args.prefix) if url else 2
     except KeyboardInterrupt:
@@ -80,6 +85,21 @@ def _migrate(given: str | None, revision: str) -> int:
     return 0
 
 
+async def _stats(url: str, args: argparse.Namespace) -> int:
+    layer = PostgresChannelLayer(url=url, prefix=args.prefix, expiry=args.expiry)
+    try:
+        stats = await layer.stats(limit=args.limit)
+    finally:
+        await layer.close()
+    database = make_url(url).render_as_string(hide_password=True)
+    if args.json:
+        print(json.dumps({"database": database, **stats.to_dict()}, indent=2))
+    else:
+        print(f"database {database}")
+        print(stats.format())
+    return 0
+
+
 def _url(given: str | None, command: str) -> str | None:
     url = given or os.environ.get(URL_ENV_VAR)
     if not url:
@@ -102,7 +122,7 @@ def _one_line(exc: BaseException) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="A PostgreSQL channel layer for ASGI.")
     # The metavar lists the public commands only, so demo-worker stays out of --help.
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{migrate,demo}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{migrate,demo,stats}")
 
     migrate_parser = commands.add_parser(
         "migrate", help="create or upgrade the layer's tables", description="Run the layer's migrations."
@@ -128,6 +148,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo_parser.add_argument("--port", type=_port, help="with --web: the port to serve on (default: 8000)")
     demo_parser.add_argument("--host", help="with --web: the address to serve on (default: 127.0.0.1)")
+
+    stats_parser = commands.add_parser(
+        "stats",
+        help="what the layer holds: queued messages, groups, listeners",
+        description="Queued messages per channel and per process, expired rows awaiting cleanup, "
+        "groups and their sizes, and the listening connections, under one prefix.",
+    )
+    stats_parser.add_argument("--url", help=f"the database (default: ${URL_ENV_VAR})")
+    stats_parser.add_argument("--prefix", default="asgi", help="the layers' prefix (default: asgi)")
+    stats_parser.add_argument(
+        "--limit", type=_positive, default=10, metavar="N", help="list the N largest of each (default: 10)"
+    )
+    stats_parser.add_argument(
+        "--expiry",
+        type=_positive,
+        default=60,
+        metavar="SECONDS",
+        help="the layers' expiry, from which message ages are worked out (default: 60)",
+    )
+    stats_parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
     # No help= at all: argparse would list a SUPPRESSed help as "==SUPPRESS==".
     worker_parser = commands.add_parser("demo-worker")

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -16,11 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.base import Executable
 
+from . import statements, stats
 from .config import LayerConfig
 from .connections import Held, HeldConnections
 from .errors import DatabaseUnreachableError, SchemaMissingError
 
 T = TypeVar("T")
+
+# Where the statements the runner is given are defined, for naming them in logs.
+_STATEMENT_MODULES = (statements, stats)
 
 logger = logging.getLogger("channel_layer_pg")
 
@@ -39,6 +44,10 @@ _LOST_PREPARED_STATEMENTS = {"26000", "42P05"}
 
 # How long close() lets statements already running finish before the engine goes.
 _CLOSE_GRACE = 5.0
+
+# A statement slower than this is logged (by name: its parameters hold message payloads).
+# The layer's statements take about a millisecond; a second means locks, I/O or a backlog.
+SLOW_STATEMENT_SECONDS = 1.0
 
 MIGRATE_HINT = "python -m channel_layer_pg migrate --url URL  (or: alembic upgrade head)"
 
@@ -158,31 +167,31 @@ class StatementRunner:
 
     async def fetch(self, statement: Executable, parameters: Mapping[str, Any]) -> list[Any]:
         """The rows ``statement`` returns (asyncpg Records)."""
-        sql, arguments = self._bind(statement, parameters)
-        return await self._shielded(lambda driver: driver.fetch(sql, *arguments))
+        compiled, arguments = self._bind(statement, parameters)
+        return await self._shielded(compiled, lambda driver: driver.fetch(compiled.sql, *arguments))
 
     async def execute(self, statement: Executable, parameters: Mapping[str, Any]) -> int:
         """How many rows ``statement`` changed."""
-        sql, arguments = self._bind(statement, parameters)
-        status = await self._shielded(lambda driver: driver.execute(sql, *arguments))
+        compiled, arguments = self._bind(statement, parameters)
+        status = await self._shielded(compiled, lambda driver: driver.execute(compiled.sql, *arguments))
         count = status.rsplit(" ", 1)[-1]
         return int(count) if count.isdigit() else 0
 
-    def _bind(self, statement: Executable, parameters: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    def _bind(self, statement: Executable, parameters: Mapping[str, Any]) -> tuple[_Compiled, list[Any]]:
         compiled = self._compiled.get(statement)
         if compiled is None:
             compiled = self._compiled[statement] = _Compiled.of(statement, self._engine)
-        return compiled.sql, [
+        return compiled, [
             parameters[key] if key in parameters else compiled.defaults[key] for key in compiled.order
         ]
 
-    async def _shielded(self, work: Callable[[Any], Awaitable[T]]) -> T:
+    async def _shielded(self, compiled: _Compiled, work: Callable[[Any], Awaitable[T]]) -> T:
         # Shielded: a statement cancelled halfway leaves its connection mid-protocol, and the
         # pool would have to throw it away. A cancelled caller stops waiting; the statement
         # still completes (a send still lands: it was already on its way to the server).
-        return await asyncio.shield(self._run(work))
+        return await asyncio.shield(self._run(compiled, work))
 
-    async def _run(self, work: Callable[[Any], Awaitable[T]]) -> T:
+    async def _run(self, compiled: _Compiled, work: Callable[[Any], Awaitable[T]]) -> T:
         delays = iter(_RECONNECT_DELAYS)
         # After a restart every idle connection is dead; replacing each must not use up the
         # waits meant for a server that is really down.
@@ -207,7 +216,9 @@ class StatementRunner:
                 continue
             try:
                 async with translated_errors(self._config):
+                    started = time.perf_counter()
                     result = await work(held.driver)
+                    took = time.perf_counter() - started
             except asyncpg.exceptions.InternalClientError as exc:
                 # asyncpg refuses to start a statement on a connection whose protocol is in a
                 # bad state (seen after pg_terminate_backend): nothing was sent, so the
@@ -233,6 +244,7 @@ class StatementRunner:
                 await self._release_or_discard(held)
                 raise
             await self._connections.release(held)
+            _warn_if_slow(compiled.name, took)
             return result
 
     async def _release_or_discard(self, held: Held) -> None:
@@ -246,16 +258,32 @@ class StatementRunner:
         await self._connections.close(timeout=_CLOSE_GRACE)
 
 
-class _Compiled:
-    __slots__ = ("defaults", "order", "sql")
+def _warn_if_slow(name: str, seconds: float) -> None:
+    if seconds >= SLOW_STATEMENT_SECONDS:
+        logger.warning("slow statement: %s took %.2f s", name, seconds)
 
-    def __init__(self, sql: str, order: list[str], defaults: dict[str, Any]) -> None:
-        self.sql, self.order, self.defaults = sql, order, defaults
+
+class _Compiled:
+    __slots__ = ("defaults", "name", "order", "sql")
+
+    def __init__(self, sql: str, order: list[str], defaults: dict[str, Any], name: str) -> None:
+        self.sql, self.order, self.defaults, self.name = sql, order, defaults, name
 
     @classmethod
     def of(cls, statement: Executable, engine: AsyncEngine) -> _Compiled:
         compiled = statement.compile(dialect=engine.dialect)  # type: ignore[attr-defined]
-        return cls(str(compiled), list(compiled.positiontup or ()), dict(compiled.params))
+        return cls(
+            str(compiled), list(compiled.positiontup or ()), dict(compiled.params), _name_of(statement)
+        )
+
+
+def _name_of(statement: Executable) -> str:
+    """The constant that holds ``statement`` (statements.SEND, ...), to name it in logs."""
+    for module in _STATEMENT_MODULES:
+        for name, value in vars(module).items():
+            if value is statement and not name.startswith("_"):
+                return f"{module.__name__.rsplit('.', 1)[-1]}.{name}"
+    return type(statement).__name__
 
 
 def _translate(config: LayerConfig, exc: DBAPIError) -> Exception:

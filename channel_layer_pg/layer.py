@@ -6,27 +6,27 @@ import asyncio
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import select
-
 from . import statements
 from .backend import LoopBackend
 from .buffer import Claimed, ClaimedBuffer
 from .config import build_config
-from .errors import ChannelFull, LayerClosedError
+from .droplog import DropLog
+from .errors import ChannelFull, DatabaseUnreachableError, LayerClosedError
 from .fanout import members_reached, targets_for
 from .iothread import IoThread
 from .naming import is_process_local, non_local_name, validate_channel_name, validate_group_name
-from .schema import message as message_table
+from .stats import LayerStats
+from .stats import collect as collect_stats
 from .transactional import ApplicationConnection, TransactionalWriter, layer_identity
 
 T = TypeVar("T")
 
-_CHECK = select(message_table.c.id).limit(0)
 Operation = Callable[[LoopBackend], Coroutine[Any, Any, T]]
 
 logger = logging.getLogger("channel_layer_pg")
@@ -62,6 +62,7 @@ class PostgresChannelLayer:
         # async_to_sync calls arrive from several threads at once; one I/O backend serves them.
         self._io_backend_lock = threading.Lock()
         self._closed = False
+        self._drops = DropLog()
 
     def __repr__(self) -> str:
         return f"<PostgresChannelLayer {self._config.safe_url} prefix={self.prefix!r}>"
@@ -85,7 +86,41 @@ class PostgresChannelLayer:
 
     async def check(self) -> None:
         """Fail now, with a clear error, if the database is unreachable or has no schema."""
-        await self._call(lambda backend: backend.fetch(_CHECK, {}))
+        await self._call(lambda backend: backend.fetch(statements.PING, {}))
+
+    async def ping(self, *, timeout: float = 5.0) -> float:
+        """Seconds one round trip to the database took; raises if it is unreachable or has no schema.
+
+        Cheap enough for a readiness probe: it reads no row. It fails with
+        DatabaseUnreachableError if no answer came within ``timeout`` seconds (connecting
+        included), and with SchemaMissingError if the layer's tables are missing.
+        """
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be more than 0 seconds, not {timeout!r}")
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(self._call(lambda backend: backend.fetch(statements.PING, {})), timeout)
+        except asyncio.TimeoutError:
+            raise DatabaseUnreachableError(
+                f"PostgreSQL at {self._config.host_and_port} did not answer within {timeout:g} s "
+                f"({self._config.safe_url})"
+            ) from None
+        return time.perf_counter() - started
+
+    async def stats(self, *, limit: int = 10) -> LayerStats:
+        """What the layer holds under its prefix: queued messages, groups, listeners.
+
+        The lists (channels, processes, groups, listeners) hold the ``limit`` largest.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        return await self._call(
+            lambda backend: collect_stats(backend.fetch, prefix=self.prefix, expiry=self.expiry, limit=limit)
+        )
 
     # -- channels ---------------------------------------------------------------------------
 
@@ -118,6 +153,7 @@ class PostgresChannelLayer:
             writer = await self._writer(connection)
             stored = await writer.send(payload, queue, channel, capacity)
         if not stored:
+            self._drops.send_refused(channel, capacity)
             if queue != channel:
                 raise ChannelFull(
                     f"channel {channel!r} is full: the process-local channels under {queue!r} share "
@@ -204,12 +240,7 @@ class PostgresChannelLayer:
             writer = await self._writer(connection)
             stored, members = await writer.group_send(payload, group)
         if stored < members:
-            logger.info(
-                "group_send to %r skipped %d of %d members: their channels are full",
-                group,
-                members - stored,
-                members,
-            )
+            self._drops.members_skipped(group, members - stored, members)
 
     # -- flush and lifecycle ----------------------------------------------------------------
 
@@ -233,6 +264,7 @@ class PostgresChannelLayer:
         if self._closed:
             return
         self._closed = True
+        self._drops.flush()
         error = LayerClosedError("the channel layer was closed")
         current = asyncio.get_running_loop()
         backends = self._backends()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .config import LayerConfig
 from .database import translated_errors
 from .errors import DatabaseUnreachableError
+from .naming import listener_application_name
 
 logger = logging.getLogger("channel_layer_pg")
 
@@ -126,6 +128,11 @@ class Listener:
                     # Out of the pool for good: LISTEN is session state that must neither leak
                     # into another checkout nor be reset by the pool.
                     raw.detach()
+                    # Told apart from the pool's sessions, so stats can list the listeners.
+                    await driver.execute(
+                        "SELECT set_config('application_name', $1, false)",
+                        listener_application_name(self._config.prefix),
+                    )
                     driver.add_termination_listener(self._on_terminated)
                 except BaseException:
                     await conn.close()
@@ -211,6 +218,8 @@ class Listener:
 
     async def _reconnect(self) -> None:
         delay = _BACKOFF_START
+        # Started the moment the connection was lost (see _on_terminated).
+        lost_at = time.monotonic()
         while not self._closed:
             try:
                 async with self._lock:
@@ -224,7 +233,11 @@ class Listener:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
                 continue
-            logger.info("listen connection to %s restored", self._listen_config.host_and_port)
+            logger.info(
+                "listen connection to %s restored after %.1f s down",
+                self._listen_config.host_and_port,
+                time.monotonic() - lost_at,
+            )
             break
         # Whatever was sent while nobody listened is in the table: every reader looks again.
         for wakers in tuple(self._wakers.values()):

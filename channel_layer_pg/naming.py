@@ -14,6 +14,9 @@ _GROUP_NAME = re.compile(r"[a-zA-Z\d\-_.]+")
 # channel name (and every prefix) inside that limit and free of anything that needs quoting.
 _TOPIC_PREFIX = "clpg_"
 
+# The pool's sessions are "channel_layer_pg" (database.create_engine); a listener adds its prefix.
+LISTENER_APPLICATION_NAME = "channel_layer_pg listener"
+
 
 def validate_channel_name(name: object) -> str:
     """Return ``name`` if it is a valid channel name, else raise ``TypeError`` saying why."""
@@ -49,6 +52,15 @@ def non_local_name(channel: str) -> str:
 
 def is_process_local(channel: str) -> bool:
     return "!" in channel
+
+
+def listener_application_name(prefix: str) -> str:
+    """What a layer's LISTEN session calls itself in pg_stat_activity, so stats can find it.
+
+    PostgreSQL keeps the first 63 bytes of an application_name; cutting it here keeps the
+    name a listener sets and the name stats looks for the same for every prefix.
+    """
+    return f"{LISTENER_APPLICATION_NAME} {prefix}"[:63]
 
 
 def topic_for(prefix: str, queue: str) -> str:

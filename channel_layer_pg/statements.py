@@ -292,6 +292,13 @@ DATABASE_IDENTITY = select(
     cast(func.to_regclass(bindparam("table", message.name, type_=Text)), OID).label("message_table"),
 )
 
+# Reads no row, yet fails unless both tables exist and the role may read them: a cheap check
+# that the database answers and has the schema.
+PING = select(
+    select(message.c.id).limit(0).scalar_subquery().label("message"),
+    select(group_member.c.prefix).limit(0).scalar_subquery().label("group_member"),
+)
+
 FLUSH_MESSAGES = delete(message).where(message.c.prefix == _prefix)
 FLUSH_GROUPS = delete(group_member).where(group_member.c.prefix == _prefix)
 

@@ -16,7 +16,7 @@ from tests.helpers import TIMEOUT, LayerFactory, Sql, receive
 WOKEN_WITHIN = POLL_INTERVAL * 0.6
 
 LAYER_SESSIONS = (
-    "FROM pg_stat_activity WHERE application_name = 'channel_layer_pg' "
+    "FROM pg_stat_activity WHERE application_name LIKE 'channel_layer_pg%' "
     "AND datname = current_database() AND pid <> pg_backend_pid()"
 )
 

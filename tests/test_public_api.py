@@ -13,6 +13,7 @@ def test_public_names_are_pinned() -> None:
         "DatabaseUnreachableError",
         "DecryptionError",
         "LayerClosedError",
+        "LayerStats",
         "PostgresChannelLayer",
         "SchemaMissingError",
         "migrate",
