@@ -78,6 +78,11 @@ class ClaimedBuffer:
             self._rows.setdefault(row.channel, deque()).appendleft(row)
             self._count(row.channel, 1)
 
+    def count(self) -> int:
+        """How many messages are held, expired ones not yet dropped included."""
+        with self._lock:
+            return sum(self._per_queue.values())
+
     def holds(self, channel: str) -> bool:
         with self._lock:
             return bool(self._rows.get(channel))

@@ -23,6 +23,7 @@ from .iothread import IoThread
 from .naming import is_process_local, non_local_name, validate_channel_name, validate_group_name
 from .stats import LayerStats
 from .stats import collect as collect_stats
+from .stats import with_held_in_process
 from .transactional import ApplicationConnection, TransactionalWriter, layer_identity
 
 T = TypeVar("T")
@@ -118,9 +119,10 @@ class PostgresChannelLayer:
             raise TypeError(f"limit must be an int, not {type(limit).__name__}")
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
-        return await self._call(
+        stats = await self._call(
             lambda backend: collect_stats(backend.fetch, prefix=self.prefix, expiry=self.expiry, limit=limit)
         )
+        return with_held_in_process(stats, self._buffer.count())
 
     # -- channels ---------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ pg_stat_activity. Messages and memberships are never read, only counted.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from sqlalchemy import (
@@ -232,6 +232,9 @@ class LayerStats:
     groups: tuple[GroupSize, ...]  # largest first
     listener_count: int
     listeners: tuple[ListenSession, ...]  # oldest connection first
+    # Messages waiting in the asking layer's own memory (sent to its own process-local
+    # channels, or claimed for a receive that was cancelled); None when asked from outside.
+    held_in_process: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only: for ``json.dumps`` and metrics exporters."""
@@ -285,3 +288,7 @@ async def collect(fetch: Fetch, *, prefix: str, expiry: float, limit: int) -> La
             ListenSession(row["pid"], row["user"], row["client"], row["connected_for"]) for row in sessions
         ),
     )
+
+
+def with_held_in_process(stats: LayerStats, held: int) -> LayerStats:
+    return replace(stats, held_in_process=held)

@@ -18,6 +18,8 @@ def format_stats(stats: LayerStats) -> str:
     lines.append(
         f"messages: {stats.messages:,} queued{oldest}; {stats.expired_messages:,} expired, awaiting cleanup"
     )
+    if stats.held_in_process is not None:
+        lines.append(f"messages held in this process's memory: {stats.held_in_process:,}")
     lines += [
         "",
         f"channels with queued messages: {stats.channel_count:,}",

@@ -155,6 +155,7 @@ async def test_an_empty_prefix_has_nothing_and_no_oldest_age(layer: PostgresChan
         groups=(),
         listener_count=0,
         listeners=(),
+        held_in_process=0,
     )
 
 
@@ -220,3 +221,12 @@ async def test_a_limit_that_is_not_a_positive_int_is_refused(
 ) -> None:
     with pytest.raises(error, match="limit"):
         await layer.stats(limit=limit)  # type: ignore[arg-type]
+
+
+async def test_messages_held_in_the_layers_memory_are_counted_apart(layer: PostgresChannelLayer) -> None:
+    own = await layer.new_channel()
+    await layer.send(own, {"type": "stays in this process"})
+    await layer.send("test.stored", {"type": "goes to the table"})
+    stats = await layer.stats()
+    assert (stats.messages, stats.held_in_process) == (1, 1)
+    assert "messages held in this process's memory: 1" in stats.format()
