@@ -21,9 +21,8 @@ from .errors import ChannelFull, DatabaseUnreachableError, LayerClosedError
 from .fanout import members_reached, targets_for
 from .iothread import IoThread
 from .naming import is_process_local, non_local_name, validate_channel_name, validate_group_name
-from .stats import LayerStats
+from .stats import LayerStats, with_held_in_process
 from .stats import collect as collect_stats
-from .stats import with_held_in_process
 from .transactional import ApplicationConnection, TransactionalWriter, layer_identity
 
 T = TypeVar("T")
