@@ -1,23 +1,29 @@
-"""Connections the layer keeps checked out of the engine's pool between statements.
+"""The layer's own pool: connections it keeps open between statements.
 
-A checkout from SQLAlchemy's async pool (connect, get the driver connection, close) costs about
-35 us here, a third of a whole one-row INSERT on loopback (about 100 us). The layer runs one
-short autocommitted statement per checkout, so it keeps the connections it has used and hands
-them straight to the next statement. Up to ``keep`` of them stay open while idle (the pool would
-keep as many); beyond that they go back to the pool as soon as they are free, where overflow
-connections are closed.
+SQLAlchemy's async pool costs about 35 us per checkout and return here, a third of a whole
+one-row INSERT on loopback (about 100 us), and the layer runs one short autocommitted
+statement per checkout. So for an engine the layer makes (whose SQLAlchemy pool is a
+NullPool: it only opens connections) this is the pool: up to ``most`` connections, of which
+up to ``keep`` stay open while idle. For an application's engine (``keep=0``) every
+connection goes back to the application's pool after each statement.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 logger = logging.getLogger("channel_layer_pg")
+
+# After the server refused a connection for want of slots, how long to make do with those open.
+_FULL_BACKOFF = 1.0
+# too_many_connections: max_connections reached, or the role's or database's CONNECTION LIMIT.
+_TOO_MANY_CONNECTIONS = "53300"
 
 
 class Held:
@@ -34,14 +40,12 @@ class HeldConnections:
     def __init__(self, engine: AsyncEngine, *, keep: int, most: int) -> None:
         self._engine = engine
         self._keep = keep
-        # Our own limit, below the pool's: a statement waiting on the pool would not see a
-        # connection we hold idle, so we wait on our own queue instead. One slot stays free for
-        # the listener, which checks a connection out now and then and detaches it.
         self._most = most
         self._count = 0
         self._idle: list[Held] = []
         self._waiting: deque[asyncio.Future[Held | None]] = deque()
         self._closed = False
+        self._full_until = 0.0
         self._all_returned: asyncio.Future[None] | None = None
 
     async def acquire(self) -> Held:
@@ -50,15 +54,25 @@ class HeldConnections:
             if self._idle:
                 # Most recently used first: it is the likeliest to be alive and warm.
                 return self._idle.pop()
-            if self._count < self._most:
+            if self._count < self._most and (self._count == 0 or time.monotonic() >= self._full_until):
                 self._count += 1
                 try:
                     connection = await self._engine.connect()
                     raw = await connection.get_raw_connection()
-                except BaseException:
+                except BaseException as exc:
                     self._count -= 1
-                    self._wake_one(None)
-                    raise
+                    if not (self._count and _server_full(exc)):
+                        self._wake_one(None)
+                        raise
+                    # The server has no connection to spare (max_connections, or the role's
+                    # CONNECTION LIMIT): make do with the ones in use, and ask again later.
+                    self._full_until = time.monotonic() + _FULL_BACKOFF
+                    logger.warning(
+                        "PostgreSQL refused another connection (%s); waiting for one of the %d open",
+                        exc,
+                        self._count,
+                    )
+                    continue
                 return Held(connection, raw.driver_connection)
             waiter: asyncio.Future[Held | None] = asyncio.get_running_loop().create_future()
             self._waiting.append(waiter)
@@ -111,6 +125,8 @@ class HeldConnections:
                 logger.warning("closing with %d statements still running after %g s", self._count, timeout)
 
     async def _give_back(self, held: Held) -> None:
+        # To the engine's pool: a NullPool (the layer's own engine) closes it, an
+        # application's pool keeps it.
         self._count -= 1
         try:
             await held.connection.close()
@@ -129,3 +145,14 @@ class HeldConnections:
                 waiter.set_result(held)
                 return True
         return False
+
+
+def _server_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (SQLAlchemy's or asyncpg's) is PostgreSQL refusing for want of slots."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        for candidate in (seen, getattr(seen, "orig", None)):
+            if getattr(candidate, "sqlstate", None) == _TOO_MANY_CONNECTIONS:
+                return True
+        seen = seen.__cause__
+    return False

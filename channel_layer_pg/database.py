@@ -32,7 +32,8 @@ logger = logging.getLogger("channel_layer_pg")
 _UNDEFINED_TABLE = "42P01"
 _PROTOCOL_VIOLATION = "08P01"
 # Connection exceptions (class 08), and the server shutting down, crashing or still starting.
-_CONNECTION_LOST_STATES = ("57P01", "57P02", "57P03")
+# too_many_connections is here too: like a restart, it passes, so it is waited out briefly.
+_CONNECTION_LOST_STATES = ("57P01", "57P02", "57P03", "53300")
 # Waits between attempts to open a connection, about 2 s in all: long enough to ride out a
 # quick server restart, short enough that a caller hears of a real outage promptly.
 _RECONNECT_DELAYS = (0.05, 0.2, 0.5, 1.0)
@@ -66,8 +67,9 @@ def create_engine(config: LayerConfig, *, use_given_engine: bool) -> tuple[Async
         url,
         isolation_level="AUTOCOMMIT",
         connect_args=_connect_args(config, config.connect_args),
-        pool_size=config.pool_size,
-        max_overflow=config.max_overflow,
+        # The layer pools connections itself (connections.HeldConnections): SQLAlchemy's
+        # checkout per statement cost more than the statement.
+        poolclass=NullPool,
     )
     return engine, True
 
@@ -158,8 +160,9 @@ class StatementRunner:
         given_pool_size = getattr(engine.pool, "size", lambda: 0)()
         self._most_connections = max(given_pool_size, config.pool_size) + config.max_overflow + 1
         if owns_engine:
-            most = max(1, config.pool_size + config.max_overflow - 1)
-            self._connections = HeldConnections(engine, keep=config.pool_size, most=most)
+            self._connections = HeldConnections(
+                engine, keep=config.pool_size, most=config.pool_size + config.max_overflow
+            )
         else:
             # An application's engine: its pool is the application's to size and share, so
             # every connection goes back to it after each statement.
