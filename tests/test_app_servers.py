@@ -138,7 +138,12 @@ class AppServers:
     async def _read_events(self, server: AppServer) -> None:
         assert server.process.stdout is not None
         async for line in server.process.stdout:
-            event = json.loads(line)
+            try:
+                event = json.loads(line)
+            except ValueError:
+                # Not one of its events (a library printing?): shown with its stderr.
+                server.stderr += f"stdout: {line.decode(errors='replace')}"
+                continue
             if event["event"] == "ready":
                 server.channel = event["channel"]
             elif event["event"] == "received":
