@@ -21,7 +21,11 @@ seconds, the layer's server connections, this run's message rows, the table's si
 worker's RSS; at the end it counts what was sent, received, lost, duplicated and reordered.
 Columns: work/local/nobody are this run's rows in soak.work, in process-local queues and in
 soak.nobody; expired, those of them past their expiry (cleanup removes them every 30 s); dead
-and table MB are for the whole message table (dead rows stay until VACUUM).
+and table MB are for the whole message table (dead rows stay until VACUUM). busy is how much of
+the machine's CPU was in use since the previous sample; pg and apps, how many cores the
+layer's PostgreSQL sessions and the workers used: where a run falls behind, they say whether
+the database, the app processes or the machine ran out (pg only with PostgreSQL on this
+machine).
 
 Exit status 0 if nothing was lost, duplicated or reordered and every worker finished, else 1.
 Without --url a throwaway embedded PostgreSQL is started, migrated and always stopped.
@@ -554,6 +558,7 @@ class Sample:
     dead_rows: int
     table_bytes: int
     rss_kib: tuple[int | None, ...]
+    cpu: CpuUse | None
 
 
 SAMPLE_SQL = """
@@ -561,6 +566,9 @@ SELECT
     (SELECT count(*) FROM pg_stat_activity
       WHERE (application_name = 'channel_layer_pg' OR application_name LIKE 'channel_layer_pg listener%')
         AND datname = current_database()) AS connections,
+    (SELECT coalesce(array_agg(pid), '{}') FROM pg_stat_activity
+      WHERE (application_name = 'channel_layer_pg' OR application_name LIKE 'channel_layer_pg listener%')
+        AND datname = current_database()) AS backend_pids,
     count(*) FILTER (WHERE queue = $2) AS work_rows,
     count(*) FILTER (WHERE queue LIKE 'specific.%') AS local_rows,
     count(*) FILTER (WHERE queue = $3) AS nobody_rows,
@@ -584,6 +592,75 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class CpuUse:
+    busy: float | None  # fraction of the machine's CPU time in use
+    database: float | None  # cores used by the layer's PostgreSQL sessions
+    apps: float  # cores used by the worker processes
+
+
+def cpu_ticks(pid: int, *, postgres: bool = False) -> int | None:
+    """utime + stime of a process (all its threads), or None if it is gone or not ours to read.
+
+    ``postgres``: only if it is a PostgreSQL process, since a remote server's backend pids
+    may name unrelated processes here.
+    """
+    try:
+        if postgres and not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"postgres"):
+            return None
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def machine_ticks() -> tuple[int, int] | None:
+    """(all, idle) CPU ticks since boot, from /proc/stat; None off Linux."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return None
+    ticks = [int(value) for value in first[1:9]]  # user .. steal
+    return sum(ticks), ticks[3] + ticks[4]  # idle + iowait
+
+
+class CpuMeter:
+    """CPU used between two readings, from /proc: the machine, the database sessions, the workers.
+
+    A session that ends between readings takes its last interval's ticks with it, so the
+    database figure is a floor.
+    """
+
+    def __init__(self) -> None:
+        self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._last: tuple[float, tuple[int, int] | None, dict[int, int], dict[int, int]] | None = None
+
+    def read(self, backends: Sequence[int], workers: Sequence[int]) -> CpuUse | None:
+        now = time.monotonic()
+        machine = machine_ticks()
+        database = {pid: t for pid in backends if (t := cpu_ticks(pid, postgres=True)) is not None}
+        apps = {pid: t for pid in workers if (t := cpu_ticks(pid)) is not None}
+        last, self._last = self._last, (now, machine, database, apps)
+        if last is None or now <= last[0]:
+            return None
+        then, machine_then, database_then, apps_then = last
+
+        def cores(current: dict[int, int], before: dict[int, int]) -> float:
+            used = sum(ticks - before.get(pid, 0) for pid, ticks in current.items())
+            return used / self._hz / (now - then)
+
+        busy = None
+        if machine is not None and machine_then is not None and machine[0] > machine_then[0]:
+            total = machine[0] - machine_then[0]
+            busy = 1 - (machine[1] - machine_then[1]) / total
+        return CpuUse(
+            busy=busy,
+            database=cores(database, database_then) if backends and database else None,
+            apps=cores(apps, apps_then),
+        )
+
+
 class Monitor:
     """The parent's own connection, under a name of its own so it never counts as the layer's."""
 
@@ -594,19 +671,24 @@ class Monitor:
         self._started = time.monotonic()
         self.phase = "start"
         self.samples: list[Sample] = []
+        self._cpu = CpuMeter()
 
     def restart_clock(self) -> None:
         self._started = time.monotonic()
 
     async def sample(self) -> Sample:
-        row = await asyncio.wait_for(self._connection.fetchrow(SAMPLE_SQL, self._prefix, WORK, NOBODY), 10)
+        row = dict(
+            await asyncio.wait_for(self._connection.fetchrow(SAMPLE_SQL, self._prefix, WORK, NOBODY), 10)
+        )
+        backends = row.pop("backend_pids")
         sample = Sample(
             seconds=time.monotonic() - self._started,
             phase=self.phase,
             sent=sum(worker.sent for worker in self._workers),
             received=sum(worker.received for worker in self._workers),
             rss_kib=tuple(rss_kib(worker.process.pid) for worker in self._workers),
-            **dict(row),
+            cpu=self._cpu.read(backends, [worker.process.pid for worker in self._workers]),
+            **row,
         )
         previous = self.samples[-1] if self.samples else None
         self.samples.append(sample)
@@ -636,7 +718,8 @@ def sample_header(workers: int) -> str:
     rss = " ".join(f"{f'w{index}':>5}" for index in range(workers))
     return (
         f"{'t s':>5} {'phase':<6}{'sent/s':>7}{'recv/s':>7}{'conns':>6}"
-        f"{'work':>7}{'local':>7}{'nobody':>7}{'expired':>8}{'dead':>7}{'table MB':>9}  rss MB {rss}"
+        f"{'work':>7}{'local':>7}{'nobody':>7}{'expired':>8}{'dead':>7}{'table MB':>9}"
+        f"{'busy':>6}{'pg':>5}{'apps':>5}  rss MB {rss}"
     )
 
 
@@ -648,11 +731,15 @@ def format_sample(sample: Sample, previous: Sample | None, workers: int) -> str:
         sent_rate = f"{(sample.sent - previous.sent) / elapsed:.0f}"
         received_rate = f"{(sample.received - previous.received) / elapsed:.0f}"
     rss = " ".join(f"{kib / 1024:>5.0f}" if kib is not None else f"{'-':>5}" for kib in sample.rss_kib)
+    cpu = sample.cpu
+    busy = f"{cpu.busy:.0%}" if cpu is not None and cpu.busy is not None else "-"
+    database = f"{cpu.database:.2f}" if cpu is not None and cpu.database is not None else "-"
+    apps = f"{cpu.apps:.2f}" if cpu is not None else "-"
     return (
         f"{sample.seconds:>5.0f} {sample.phase:<6}{sent_rate:>7}{received_rate:>7}{sample.connections:>6}"
         f"{sample.work_rows:>7}{sample.local_rows:>7}{sample.nobody_rows:>7}{sample.expired_rows:>8}"
         f"{sample.dead_rows:>7}"
-        f"{sample.table_bytes / 2**20:>9.1f}         {rss}"
+        f"{sample.table_bytes / 2**20:>9.1f}{busy:>6}{database:>5}{apps:>5}         {rss}"
     )
 
 
@@ -924,6 +1011,18 @@ def print_trends(samples: Sequence[Sample], workers: int) -> None:
     print(f"  expired rows        {trend([s.expired_rows for s in samples])}")
     print(f"  dead rows (table)   {trend([s.dead_rows for s in samples])}")
     print(f"  message table       {trend([s.table_bytes for s in samples], ' MB', 2**20)}")
+    cpu = [s.cpu for s in samples if s.cpu is not None and s.phase == "send"]
+    if cpu:
+        busy = [use.busy for use in cpu if use.busy is not None]
+        database = [use.database for use in cpu if use.database is not None]
+        apps = [use.apps for use in cpu]
+        print(
+            "  CPU while sending:  machine "
+            + (f"{sum(busy) / len(busy):.0%} busy" if busy else "-")
+            + "; layer's PostgreSQL sessions "
+            + (f"{sum(database) / len(database):.2f}" if database else "-")
+            + f" cores; workers {sum(apps) / len(apps):.2f} cores (means)"
+        )
     for index in range(workers):
         rss = [float(kib) for kib in (s.rss_kib[index] for s in samples) if kib is not None]
         if rss:
