@@ -233,6 +233,16 @@ async def wal_bytes(conn: Any) -> int | None:
         return None
 
 
+async def count_connections(conn: Any) -> int:
+    """Server connections the layer holds on this database (it names its sessions)."""
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = 'channel_layer_pg'"
+        )
+    )
+
+
 CPU_COLUMNS = (
     Column("pg_cores", "PG cores", "{:.2f}"),
     Column("py_cores", "Python cores", "{:.2f}"),

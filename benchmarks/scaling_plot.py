@@ -72,11 +72,13 @@ def _processes(ax: Axes, data: dict[str, Any]) -> None:
     rows = data["rows"]
     n = [row["processes"] for row in rows]
     ax.plot(n, [row["msg_s"] for row in rows], "o-", color=LEFT, label="msg/s, all processes")
+    passes = data["raw"].get("runs", [])
+    ax.plot([r["processes"] for r in passes], [r["msg_s"] for r in passes], ".", color=LEFT, alpha=0.5)
     ax.set_xscale("log", base=2)
     ax.set_xticks(n, [str(x) for x in n])
     ax.set_ylim(bottom=0)
     ax.yaxis.set_major_formatter(_THOUSANDS)
-    _left(ax, "messages/s (all processes)")
+    _left(ax, "messages/s, all processes (dots: each pass)")
     ax.set_xlabel("app-server processes (each sends and receives)")
     latency = _twin(ax, "one hop, ms")
     latency.plot(n, [row["p50_ms"] for row in rows], "s--", color=RIGHT, label="p50")
