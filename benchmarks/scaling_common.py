@@ -243,6 +243,16 @@ async def count_connections(conn: Any) -> int:
     )
 
 
+async def connections_by_database(conn: Any) -> str:
+    """Who holds the server's connections: "bench 60, test 35, (background) 5 of 100"."""
+    rows = await conn.fetch(
+        "SELECT coalesce(datname, '(background)') AS db, count(*) AS n FROM pg_stat_activity "
+        "GROUP BY 1 ORDER BY 2 DESC"
+    )
+    limit = await conn.fetchval("SHOW max_connections")
+    return ", ".join(f"{row['db']} {row['n']}" for row in rows) + f" of max_connections {limit}"
+
+
 CPU_COLUMNS = (
     Column("pg_cores", "PG cores", "{:.2f}"),
     Column("py_cores", "Python cores", "{:.2f}"),

@@ -29,6 +29,7 @@ from scaling_common import (
     WorkerFailed,
     centiles,
     command_reader,
+    connections_by_database,
     count_connections,
     emit,
     next_command,
@@ -37,6 +38,8 @@ from scaling_common import (
     worker_url,
 )
 
+ATTEMPTS = 2  # a point may fail for want of server connections while other work holds them
+RETRY_PAUSE = 10.0
 CHANNELS = 50  # consumers per process
 TOKENS = 20  # messages each process keeps in flight
 _PAD = "x" * 100  # about a small chat event, as in bench.py
@@ -65,16 +68,20 @@ async def run(ctx: Any) -> Series:
     order = [*ctx.plan.processes, *reversed(ctx.plan.processes)]
     runs: dict[int, list[dict[str, Any]]] = {n: [] for n in ctx.plan.processes}
     for n in order:
-        try:
-            run_row = await _one(ctx, n)
-        except WorkerFailed as exc:
-            # Reported, and the series goes on: a point that fails (too many connections, for
-            # one) is itself a finding.
-            series.notes.append(f"{n} processes failed: {exc}")
-            print(f"  [processes] {n} processes failed: {exc}", flush=True)
-            continue
-        runs[n].append(run_row)
-        ctx.progress(series, run_row)
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                run_row = await _one(ctx, n)
+            except WorkerFailed as exc:
+                # Reported, and the series goes on: a point that fails (too many connections,
+                # for one) is itself a finding.
+                note = f"{n} processes, attempt {attempt}, failed: {exc}"
+                series.notes.append(note)
+                print(f"  [processes] {note}", flush=True)
+                await asyncio.sleep(RETRY_PAUSE)
+                continue
+            runs[n].append(run_row)
+            ctx.progress(series, run_row)
+            break
     for rows in runs.values():
         if rows:
             series.rows.append(_median_row(rows))
@@ -111,6 +118,10 @@ async def _one(ctx: Any, n: int) -> dict[str, Any]:
             await asyncio.sleep(min(0.5, max(0.0, stop - time.monotonic())))
         cpu = await meter.stop()
         results = await asyncio.gather(*(w.expect("result", ctx.plan.window + 60) for w in workers))
+    except WorkerFailed as exc:
+        # Who holds the server's connections while the workers still hold theirs says why.
+        held = await connections_by_database(ctx.conn)
+        raise WorkerFailed(f"{_first_line(exc)}; server connections then: {held}") from exc
     finally:
         await stop_workers(workers)
         await ctx.flush(prefix)
@@ -126,6 +137,11 @@ async def _one(ctx: Any, n: int) -> dict[str, Any]:
         "connections": connections,
         **cpu,
     }
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
