@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only: no display on a server or in CI
 # The backend is chosen before pyplot is imported.
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator
 
 LEFT, RIGHT = "tab:blue", "tab:red"
 _THOUSANDS = FuncFormatter(lambda value, _: f"{value:,.0f}")
@@ -22,6 +22,8 @@ def _plain_log(*axes: Axes) -> None:
     """Log scale on y with numbers written out (1, 10, 1,000), not powers of ten."""
     for axis in axes:
         axis.set_yscale("log")
+        # 1, 2, 5, 10, ...: a panel whose figures stay within one decade still gets numbers.
+        axis.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         axis.yaxis.set_major_formatter(_PLAIN)
         axis.yaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
 
@@ -70,7 +72,7 @@ def _left(ax: Axes, label: str) -> None:
 
 def _processes(ax: Axes, data: dict[str, Any]) -> None:
     rows = data["rows"]
-    n = [row["processes"] for row in rows]
+    n = [int(row["processes"]) for row in rows]
     ax.plot(n, [row["msg_s"] for row in rows], "o-", color=LEFT, label="msg/s, all processes")
     passes = data["raw"].get("runs", [])
     ax.plot([r["processes"] for r in passes], [r["msg_s"] for r in passes], ".", color=LEFT, alpha=0.5)
@@ -137,11 +139,20 @@ def _backlog(ax: Axes, data: dict[str, Any]) -> None:
     for axis in (ax, rate):
         axis.set_xscale("symlog", linthresh=1000)
     _plain_log(ax, rate)
-    ax.xaxis.set_major_formatter(_THOUSANDS)
+    levels = sorted({row["rows"] for row in rows})
+    ax.set_xticks(levels, [_short(level) for level in levels])
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
     _left(ax, "round trip p50, ms (solid)")
     ax.set_xlabel("rows already queued (0, then log scale)")
-    ax.legend(loc="upper left", title="backlog")
+    ax.legend(loc="center left", title="backlog rows", fontsize="small")
     ax.set_title("4. backlog: latency and throughput on a fresh channel")
+
+
+def _short(count: int) -> str:
+    for suffix, scale in (("M", 1_000_000), ("k", 1_000)):
+        if count >= scale:
+            return f"{count / scale:g}{suffix}"
+    return str(count)
 
 
 def _memory(ax: Axes, data: dict[str, Any]) -> None:
@@ -162,7 +173,7 @@ def _memory(ax: Axes, data: dict[str, Any]) -> None:
 
 def _cpu(ax: Axes, data: dict[str, Any]) -> None:
     rows = [row for row in data["rows"] if row.get("py_cores") is not None]
-    labels = [str(row["processes"]) for row in rows]
+    labels = [str(int(row["processes"])) for row in rows]
     pg = [row.get("pg_cores") or 0.0 for row in rows]
     py = [row["py_cores"] for row in rows]
     other = [max(0.0, row["machine_cores"] - p - q) for row, p, q in zip(rows, pg, py, strict=True)]
