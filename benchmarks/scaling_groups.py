@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import statistics
 import time
 from collections import Counter
@@ -75,9 +76,15 @@ async def run_group(ctx: Any) -> Series:
     )
     for members in ctx.plan.group_sizes:
         for processes in (1, 2):
-            row = await _group_one(ctx, members, processes)
+            plan, row = await _group_one(ctx, members, processes)
             series.rows.append(row)
+            series.raw[f"claim_plan_{members // processes}"] = plan
             ctx.progress(series, row)
+    largest = max(ctx.plan.group_sizes)
+    series.notes.append(
+        f"the claim of one row for {largest:,} waiting members, by plan node: "
+        + ", ".join(f"{node} {ms:,.1f} ms" for node, ms in plan_nodes(series.raw[f"claim_plan_{largest}"]))
+    )
     series.notes.append(
         f"median of at least {ctx.plan.group_rounds} group_sends (more if they take under "
         f"{ctx.plan.budget:g} s), one at a time; 'to last delivery' runs from the "
@@ -88,7 +95,8 @@ async def run_group(ctx: Any) -> Series:
     return series
 
 
-async def _group_one(ctx: Any, members: int, processes: int) -> dict[str, Any]:
+async def _group_one(ctx: Any, members: int, processes: int) -> tuple[str, dict[str, Any]]:
+    """One point: the claim's EXPLAIN ANALYZE text, and the row for the table."""
     from channel_layer_pg import PostgresChannelLayer
 
     prefix, group = fresh_prefix(), f"scaling-{token()}"
@@ -115,8 +123,8 @@ async def _group_one(ctx: Any, members: int, processes: int) -> dict[str, Any]:
         await ctx.flush(prefix)
         await layer.close()
     last = statistics.median(lasts)
-    claim = await claim_cost(ctx.conn, max(share))
-    return {
+    claim, plan = await claim_cost(ctx.conn, max(share))
+    return plan, {
         "members": members,
         "processes": processes,
         "add_s": members / max(a["seconds"] for a in added),
@@ -129,7 +137,7 @@ async def _group_one(ctx: Any, members: int, processes: int) -> dict[str, Any]:
     }
 
 
-async def claim_cost(conn: Any, recipients: int) -> float | None:
+async def claim_cost(conn: Any, recipients: int) -> tuple[float | None, str]:
     """PostgreSQL's execution time for the claim of one group row by ``recipients`` waiters.
 
     The layer's own CLAIM statement under EXPLAIN ANALYZE, on a row stored for one process
@@ -150,9 +158,18 @@ async def claim_cost(conn: Any, recipients: int) -> float | None:
     )
     try:
         parameters = {"prefix": prefix, "queue": queue, "channels": names, "limit": recipients}
-        return execution_ms(await explain_analyze(conn, statements.CLAIM, parameters))
+        plan = await explain_analyze(conn, statements.CLAIM, parameters)
+        return execution_ms(plan), plan
     finally:
         await conn.execute("DELETE FROM channel_layer_pg_message WHERE prefix = $1", prefix)
+
+
+def plan_nodes(plan: str) -> list[tuple[str, float]]:
+    """The writing and aggregating nodes of an EXPLAIN ANALYZE text, with their total times."""
+    found = re.findall(
+        r"->\s+(Delete on \w+|Update on \w+|Aggregate)\s.*?actual time=[\d.]+\.\.([\d.]+)", plan
+    )
+    return [(node.split(" on ")[0], float(ms)) for node, ms in found]
 
 
 async def _round(layer: Any, group: str, workers: list[Worker], r: int) -> tuple[float, float]:
