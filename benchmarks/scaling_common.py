@@ -217,7 +217,12 @@ async def explain_analyze(conn: Any, statement: Any, parameters: dict[str, Any])
     rows = await conn.fetch(
         f"EXPLAIN (ANALYZE, BUFFERS) {compiled}", *(values[name] for name in compiled.positiontup or [])
     )
-    return "\n".join(row[0] for row in rows)
+    return "\n".join(trim_plan_line(row[0]) for row in rows)
+
+
+def trim_plan_line(line: str, width: int = 300) -> str:
+    """A plan line cut short: filters spell out array parameters, 10,000 channel names long."""
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def execution_ms(plan: str) -> float | None:
