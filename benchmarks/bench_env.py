@@ -60,21 +60,8 @@ def _source_revision() -> str:
 
 async def _postgres(url: str, vacuum: bool) -> list[str]:
     """Server version and autovacuum, and the dead rows in our tables (after VACUUM if asked)."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
     try:
-        conn = await asyncio.wait_for(
-            asyncpg.connect(
-                user=parsed.username,
-                password=parsed.password or None,
-                host=parsed.host,
-                port=parsed.port,
-                database=parsed.database,
-            ),
-            10,
-        )
+        conn = await connect(url)
     except Exception as exc:
         return [f"postgresql: unknown ({type(exc).__name__}: {_first_line(str(exc))})"]
     try:
@@ -83,17 +70,40 @@ async def _postgres(url: str, vacuum: bool) -> list[str]:
         lines = [f"postgresql: {version}, autovacuum={autovacuum}"]
         present = [table for table in OUR_TABLES if await conn.fetchval("SELECT to_regclass($1)", table)]
         if vacuum:
-            for table in present:
-                await asyncio.wait_for(conn.execute(f"VACUUM (ANALYZE) {table}"), 120)
+            await vacuum_tables(conn, present)
         lines.append(
-            f"our tables{' after VACUUM ANALYZE' if vacuum else ''}: " + await _dead_rows(conn, present)
+            f"our tables{' after VACUUM ANALYZE' if vacuum else ''}: " + await dead_rows(conn, present)
         )
         return lines
     finally:
         await conn.close()
 
 
-async def _dead_rows(conn: Any, tables: list[str]) -> str:
+async def connect(url: str) -> Any:
+    """A plain asyncpg connection to ``url`` (any SQLAlchemy-style PostgreSQL URL)."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return await asyncio.wait_for(
+        asyncpg.connect(
+            user=parsed.username,
+            password=parsed.password or None,
+            host=parsed.host,
+            port=parsed.port,
+            database=parsed.database,
+        ),
+        10,
+    )
+
+
+async def vacuum_tables(conn: Any, tables: tuple[str, ...] | list[str] = OUR_TABLES) -> None:
+    """VACUUM (ANALYZE) ``tables``: clears the dead rows a server without autovacuum keeps."""
+    for table in tables:
+        await asyncio.wait_for(conn.execute(f"VACUUM (ANALYZE) {table}"), 120)
+
+
+async def dead_rows(conn: Any, tables: list[str]) -> str:
     if not tables:
         return "not created yet"
     rows = await conn.fetch(

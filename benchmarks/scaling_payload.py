@@ -1,0 +1,312 @@
+"""Series 3 and 4: message size, and a backlog of rows in the table. Both run in this process.
+
+Each point measures a fresh layer on a fresh channel: round trips one at a time (send, then
+receive: the latency a lone message sees) and a stream (4 concurrent senders, 1 receiver:
+how fast one channel drains). Both stop at a time budget, so a slow point costs no more time
+than a fast one, only fewer samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from datetime import timedelta
+from typing import Any
+
+from bench_env import vacuum_tables
+from bench_workloads import fresh_prefix, token
+from scaling_common import (
+    CPU_COLUMNS,
+    MESSAGE_TABLE,
+    Column,
+    CpuMeter,
+    Series,
+    centiles,
+    explain_analyze,
+    wal_bytes,
+)
+
+BIG_CAPACITY = 10_000_000  # larger than any backlog here, so a send never meets ChannelFull
+STREAM_SENDERS = 4
+BACKLOG_PREFIX = "scalingbacklog"
+BACKLOG_PAYLOAD = os.urandom(100)
+_PAD = "x" * 100
+
+SIZE_COLUMNS = (
+    Column("size", "message size"),
+    Column("p50_ms", "round trip p50 ms", "{:.2f}"),
+    Column("p99_ms", "round trip p99 ms", "{:.2f}"),
+    Column("msg_s", "stream msg/s"),
+    Column("mb_s", "stream MB/s", "{:.1f}"),
+    Column("wal_kb", "WAL KB/msg", "{:,.1f}"),
+    *CPU_COLUMNS,
+)
+
+BACKLOG_COLUMNS = (
+    Column("where", "backlog rows"),
+    Column("rows", "rows"),
+    Column("p50_ms", "round trip p50 ms", "{:.2f}"),
+    Column("p99_ms", "round trip p99 ms", "{:.2f}"),
+    Column("msg_s", "stream msg/s"),
+    Column("fill_s", "insert+ANALYZE s", "{:.1f}"),
+)
+
+VARIANTS = {
+    "other": "of other channels",
+    "same": "in the receiver's own queue",
+    "dead": "deleted, not vacuumed, own queue",
+}
+
+
+def label(size: int) -> str:
+    for unit, scale in (("MB", 2**20), ("KB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:g} {unit}"
+    return f"{size} B"
+
+
+# -- measuring one channel --------------------------------------------------------------------
+
+
+async def round_trips(
+    layer: Any, channel: str, make: Any, budget: float, most: int
+) -> tuple[float, float, int]:
+    """Send then receive, one at a time, for ``budget`` seconds (at least 10, at most ``most``)."""
+    for n in range(3):  # not timed: opens connections, starts the reader
+        await layer.send(channel, make(-1 - n))
+        await layer.receive(channel)
+    samples: list[float] = []
+    deadline = time.monotonic() + budget
+    while len(samples) < most and (len(samples) < 10 or time.monotonic() < deadline):
+        start = time.perf_counter()
+        await layer.send(channel, make(len(samples)))
+        got = await asyncio.wait_for(layer.receive(channel), 60)
+        samples.append(time.perf_counter() - start)
+        if got["n"] != len(samples) - 1:
+            raise RuntimeError(f"round trip {len(samples) - 1} received message {got['n']}")
+    p50, p99 = centiles(samples)
+    return p50, p99, len(samples)
+
+
+async def stream(layer: Any, channel: str, make: Any, budget: float, most: int) -> tuple[float, int]:
+    """Concurrent senders, one receiver, for about ``budget`` seconds; (msg/s, messages)."""
+    sent = 0
+    stop_at = time.monotonic() + budget
+
+    async def send() -> None:
+        nonlocal sent
+        while sent < most and time.monotonic() < stop_at:
+            sent += 1
+            await layer.send(channel, make(sent))
+
+    start = time.perf_counter()
+    senders = asyncio.gather(*(send() for _ in range(STREAM_SENDERS)))
+    received = 0
+    while received < sent or not senders.done():
+        if received < sent:
+            await asyncio.wait_for(layer.receive(channel), 60)
+            received += 1
+        else:
+            # All that was sent so far arrived; a sender is about to send again or stop.
+            await asyncio.sleep(0)
+    await senders
+    return received / (time.perf_counter() - start), received
+
+
+# -- series 3: message size -------------------------------------------------------------------
+
+
+async def run_size(ctx: Any) -> Series:
+    from channel_layer_pg import PostgresChannelLayer
+
+    plan = ctx.plan
+    series = Series("size", "send + receive on one normal channel, by message size", SIZE_COLUMNS)
+    for size in plan.sizes:
+        data = os.urandom(size)  # incompressible: the worst case for TOAST, which tries pglz
+
+        def make(n: int, data: bytes = data) -> dict[str, Any]:
+            return {"type": "blob", "n": n, "data": data}
+
+        layer = PostgresChannelLayer(url=ctx.url, prefix=fresh_prefix(), capacity=BIG_CAPACITY)
+        try:
+            channel = f"scaling.size.{token()}"
+            p50, p99, rounds = await round_trips(layer, channel, make, plan.budget, 1000)
+            meter = CpuMeter(ctx.conn)
+            await meter.start([])
+            wal_before = await wal_bytes(ctx.conn)
+            rate, streamed = await stream(layer, channel, make, plan.budget, 5000)
+            wal_after = await wal_bytes(ctx.conn)
+            cpu = await meter.stop()
+        finally:
+            await layer.flush()
+            await layer.close()
+        row = {
+            "size": label(size),
+            "bytes": size,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "msg_s": rate,
+            "mb_s": rate * size / 2**20,
+            "rounds": rounds,
+            "streamed": streamed,
+            "wal_kb": None if None in (wal_before, wal_after) else (wal_after - wal_before) / streamed / 1024,
+            **cpu,
+        }
+        series.rows.append(row)
+        ctx.progress(series, row)
+    series.notes.append(
+        f"payload: random bytes in a msgpack message; round trips and stream ({STREAM_SENDERS} senders, "
+        f"1 receiver) each for about {plan.budget:g} s; WAL KB/msg: the server's WAL (pg_stat_wal, all "
+        "databases: other work on the server adds to it) during the stream, per message"
+    )
+    return series
+
+
+# -- series 4: backlog ------------------------------------------------------------------------
+
+
+async def run_backlog(ctx: Any) -> Series:
+    series = Series(
+        "backlog",
+        "send + receive of 100 B messages on a fresh channel, with rows already queued",
+        BACKLOG_COLUMNS,
+    )
+    for variant in ctx.plan.backlog_variants:
+        try:
+            await _backlog_variant(ctx, series, variant)
+        finally:
+            await ctx.conn.execute(
+                "DELETE FROM channel_layer_pg_message WHERE prefix LIKE $1", f"{BACKLOG_PREFIX}%"
+            )
+            await vacuum_tables(ctx.conn, [MESSAGE_TABLE])
+    series.notes.append(
+        "'of other channels': rows under another prefix, spread over 1,000 channels nobody reads; "
+        "'in the receiver's own queue': rows for a process-local channel of the receiving layer that "
+        "nobody receives on (a stuck consumer; possible only with capacity above the backlog, "
+        f"here {BIG_CAPACITY:,}); 'deleted, not vacuumed': as many rows inserted there and deleted, "
+        "as delivered messages leave them until VACUUM (autovacuum is off on this server); rows "
+        "inserted with one INSERT ... SELECT generate_series, then ANALYZE; afterwards DELETE and "
+        "VACUUM (ANALYZE)"
+    )
+    return series
+
+
+async def _backlog_variant(ctx: Any, series: Series, variant: str) -> None:
+    from channel_layer_pg import PostgresChannelLayer
+
+    plan = ctx.plan
+    prefix = f"{BACKLOG_PREFIX}{token()}"
+    # The same layer throughout: its own-queue rows are tied to its process-local name.
+    layer = PostgresChannelLayer(url=ctx.url, prefix=prefix, capacity=BIG_CAPACITY)
+    try:
+        local = await layer.new_channel()
+        queue = local[: local.index("!") + 1]
+        inserted = 0
+        for level in plan.backlog_levels:
+            started = time.monotonic()
+            await _fill(ctx.conn, variant, prefix, queue, level - inserted)
+            inserted = level
+            fill = time.monotonic() - started
+            channel = f"scaling.backlog.{token()}" if variant == "other" else local
+
+            def make(n: int) -> dict[str, Any]:
+                return {"type": "m", "n": n, "text": _PAD}
+
+            p50, p99, rounds = await round_trips(layer, channel, make, plan.budget, 1000)
+            rate, streamed = await stream(layer, channel, make, plan.budget, 5000)
+            row = {
+                "where": VARIANTS[variant],
+                "variant": variant,
+                "rows": level,
+                "p50_ms": p50,
+                "p99_ms": p99,
+                "msg_s": rate,
+                "fill_s": fill,
+                "rounds": rounds,
+                "streamed": streamed,
+            }
+            series.rows.append(row)
+            ctx.progress(series, row)
+        if plan.explain:
+            series.raw[f"explain_{variant}"] = plans = await explain(ctx.conn, layer, variant, local)
+            for name, text in plans.items():
+                series.notes.append(f"{VARIANTS[variant]}, {inserted:,} rows, {name}: {summarise(text)}")
+    finally:
+        await layer.close()
+
+
+async def _fill(conn: Any, variant: str, prefix: str, queue: str, rows: int) -> None:
+    if rows <= 0:
+        await conn.execute(f"ANALYZE {MESSAGE_TABLE}")
+        return
+    if variant in ("same", "dead"):
+        # Rows the receiving process would claim, were its stuck channel receiving.
+        await conn.execute(
+            f"INSERT INTO {MESSAGE_TABLE} (prefix, queue, channel, expires_at, payload) "
+            "SELECT $1, $2, $2 || 'stuck', now() + interval '1 hour', $3 FROM generate_series(1, $4)",
+            prefix,
+            queue,
+            BACKLOG_PAYLOAD,
+            rows,
+        )
+    else:
+        await conn.execute(
+            f"INSERT INTO {MESSAGE_TABLE} (prefix, queue, channel, expires_at, payload) "
+            "SELECT $1, 'backlog.' || (g % 1000), 'backlog.' || (g % 1000), now() + interval '1 hour', $2 "
+            "FROM generate_series(1, $3) AS g",
+            f"{BACKLOG_PREFIX}other",
+            BACKLOG_PAYLOAD,
+            rows,
+        )
+    if variant == "dead":
+        # Delivered messages leave dead rows like these behind until VACUUM removes them.
+        await conn.execute(
+            f"DELETE FROM {MESSAGE_TABLE} WHERE prefix = $1 AND channel = $2", prefix, queue + "stuck"
+        )
+    # What autovacuum would do after a bulk insert; without fresh statistics the planner
+    # may pick plans it would not pick on a server where autovacuum runs.
+    await conn.execute(f"ANALYZE {MESSAGE_TABLE}")
+
+
+# -- EXPLAIN ANALYZE of the layer's own statements --------------------------------------------
+
+
+async def explain(conn: Any, layer: Any, variant: str, local: str) -> dict[str, str]:
+    """EXPLAIN (ANALYZE, BUFFERS) of the layer's claim and send on the measured channel.
+
+    The statements are the package's own (channel_layer_pg.statements), compiled the way its
+    driver runs them; the send really stores a row (EXPLAIN ANALYZE executes), removed after.
+    """
+    from channel_layer_pg import statements
+    from channel_layer_pg.fanout import send_parameters
+
+    channel = f"scaling.explain.{token()}" if variant == "other" else local
+    queue = channel if variant == "other" else local[: local.index("!") + 1]
+    claim = {"prefix": layer.prefix, "queue": queue, "channels": [channel], "limit": 1}
+    send = send_parameters(layer.prefix, timedelta(seconds=60), b"x" * 100, queue, channel, BIG_CAPACITY)
+    plans = {
+        "claim": await explain_analyze(conn, statements.CLAIM, claim),
+        "send": await explain_analyze(conn, statements.SEND, send),
+    }
+    await conn.execute(
+        f"DELETE FROM {MESSAGE_TABLE} WHERE prefix = $1 AND channel = $2", layer.prefix, channel
+    )
+    return plans
+
+
+def summarise(plan: str) -> str:
+    """The execution time and the busiest index scan of an EXPLAIN ANALYZE text."""
+    time_ = re.search(r"Execution Time: ([\d.]+) ms", plan)
+    scans = re.findall(
+        r"(Index (?:Only )?Scan[^\n]*?on \w+)[^\n]*actual time=[\d.]+\.\.([\d.]+) rows=(\d+)", plan
+    )
+    hits = re.findall(r"Buffers: shared hit=(\d+)", plan)
+    parts = [f"{float(time_.group(1)):.1f} ms" if time_ else "no execution time"]
+    if scans:
+        name, ms, rows = max(scans, key=lambda scan: float(scan[1]))
+        parts.append(f"slowest scan: {name} ({float(ms):.1f} ms, {int(rows):,} rows)")
+    if hits:
+        parts.append(f"{max(int(h) for h in hits):,} shared buffers hit")
+    return "; ".join(parts)
