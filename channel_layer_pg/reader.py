@@ -59,13 +59,25 @@ class QueueReader:
         self._inline_claim: asyncio.Future[Sequence[Claimed]] | None = None
         self._reader_claiming = False
         self._closed_by: BaseException | None = None
+        # Channels a claim found nothing for while LISTEN was in effect, with no NOTIFY (nor
+        # anything else that calls wake()) since: claiming for them again would find nothing,
+        # so a receive on one of them just waits. A consumer that keeps up then costs one
+        # claim per message instead of two (the empty one, and the one after the NOTIFY).
+        self._known_empty: set[str] = set()
+        self._wakes = 0  # counts wake() calls, to tell whether one came during a claim
+        self._listening = False
 
     async def receive(self, channel: str) -> Claimed:
         """The next message for ``channel``; cancelling never loses one."""
         buffered = self._buffer.take(channel)
         if buffered is not None:
             return buffered
-        if not self._waiters and self._inline_claim is None and not self._reader_claiming:
+        if (
+            not self._waiters
+            and self._inline_claim is None
+            and not self._reader_claiming
+            and channel not in self._known_empty
+        ):
             # Nobody else waits here: claim in this task rather than waking the reader task,
             # which saves a few event-loop hops per message for a consumer that keeps up.
             claimed = await self._claim_inline(channel)
@@ -94,6 +106,7 @@ class QueueReader:
         # A task of its own, so that the claimed row outlives a cancel of this receive.
         claim = asyncio.ensure_future(self._claim(self.queue, [channel], 1))
         self._inline_claim = claim
+        wakes, listening = self._wakes, self._listening
         try:
             rows = await asyncio.shield(claim)
         except asyncio.CancelledError:
@@ -107,6 +120,8 @@ class QueueReader:
             self._inline_claim_ended()
             return None
         self._inline_claim_ended()
+        if not rows:
+            self._note_empty([channel], wakes, listening)
         return rows[0] if rows else None
 
     def _inline_claim_orphaned(self, claim: asyncio.Future[Sequence[Claimed]]) -> None:
@@ -127,10 +142,19 @@ class QueueReader:
             self._on_buffered(self.queue)
 
     def wake(self) -> None:
+        """Something may have arrived (a NOTIFY, a reconnect, rows handed back): look again."""
+        self._wakes += 1
+        self._known_empty.clear()
         # With nobody waiting there is nothing to claim for: the next receive looks at the
         # table itself. Skipping the wake saves the lingering reader a turn per NOTIFY.
         if self._waiters:
             self._wakeup.set()
+
+    def _note_empty(self, channels: Sequence[str], wakes: int, listening: bool) -> None:
+        # Only if LISTEN was in effect before the claim began and no wake came meanwhile: a
+        # message committed after the claim's snapshot then always brings a NOTIFY later.
+        if listening and self._listening and wakes == self._wakes:
+            self._known_empty.update(channels)
 
     def fail_waiters(self, exc: BaseException) -> None:
         for waiters in self._waiters.values():
@@ -162,9 +186,12 @@ class QueueReader:
                 if not await self._outlast(exc):
                     return
                 continue
+            self._listening = True
             try:
                 await self._serve()
             finally:
+                self._listening = False
+                self._known_empty.clear()
                 await self._listener.unsubscribe(self._topic, self.wake)
             # No await between this check and the end of the task, so a receive that
             # arrived during UNLISTEN is served by another round, never stranded.
@@ -184,7 +211,18 @@ class QueueReader:
             if self._inline_claim is not None:
                 await self._wakeup.wait(POLL_INTERVAL)
                 continue
-            wanted = {channel: len(waiters) for channel, waiters in self._waiters.items()}
+            wanted = {
+                channel: len(waiters)
+                for channel, waiters in self._waiters.items()
+                if channel not in self._known_empty
+            }
+            if not wanted:
+                # Nothing to claim until a wake says otherwise; the poll is the net under a
+                # wake-up lost with a dropped connection.
+                if not await self._wakeup.wait(POLL_INTERVAL):
+                    self._known_empty.clear()
+                continue
+            wakes = self._wakes
             self._reader_claiming = True
             try:
                 # Shielded: a claimed row exists only in this statement's result, so the
@@ -200,8 +238,8 @@ class QueueReader:
             self._backoff = _BACKOFF_START
             if rows:
                 self._dispatch(rows)
-                continue
-            await self._wakeup.wait(POLL_INTERVAL)
+            else:
+                self._note_empty(list(wanted), wakes, listening=True)
 
     async def _outlast(self, exc: Exception) -> bool:
         """Wait out a lost database and return True, or fail the waiters and return False.
