@@ -45,9 +45,11 @@ from bench_workloads import (
     Progress,
     cross_process,
     fan_out,
+    fan_out_from_peer,
     fresh_prefix,
     latency,
     process_local,
+    process_local_from_peer,
     receive_worker,
     send_worker,
     sync_group_send,
@@ -73,6 +75,7 @@ class Workload:
     run: Callable[[Context], Awaitable[Outcome]]
     metrics: tuple[Metric, ...]
     in_process: bool = True  # False: the workload starts its own worker processes
+    shared_state: bool = False  # needs two instances that share messages (not the in-memory layer)
 
 
 WORKLOADS = (
@@ -85,7 +88,19 @@ WORKLOADS = (
         ),
     ),
     Workload("process-local", process_local, (Metric("local", "process-local throughput", "msg/s"),)),
+    Workload(
+        "process-local, another instance sends",
+        process_local_from_peer,
+        (Metric("local_peer", "process-local, sent by another instance", "msg/s"),),
+        shared_state=True,
+    ),
     Workload("fan-out", fan_out, (Metric("fanout", "group fan-out", "deliveries/s"),)),
+    Workload(
+        "fan-out, another instance sends",
+        fan_out_from_peer,
+        (Metric("fanout_peer", "group fan-out, sent by another instance", "deliveries/s"),),
+        shared_state=True,
+    ),
     Workload(
         "cross-process",
         cross_process,
@@ -154,7 +169,9 @@ async def run_cell(
     with Complaints() as complaints:
         try:
             if workload.in_process:
-                ctx.layer = spec.make(services, fresh_prefix())
+                prefix = fresh_prefix()
+                ctx.layer = spec.make(services, prefix)
+                ctx.make_peer = lambda: spec.make(services, prefix)
             outcome = await supervise(workload.run(ctx), progress, counts)
         except (Stalled, TimeoutError, asyncio.TimeoutError) as exc:
             failure = f"timeout {progress.done}/{progress.total}" if progress.total else "timeout"
@@ -307,7 +324,7 @@ async def run_all(
     results: Results = {metric.key: {} for metric in METRICS}
     for workload in WORKLOADS:
         for spec in specs:
-            if not workload.in_process and not spec.cross_process:
+            if (not workload.in_process or workload.shared_state) and not spec.cross_process:
                 for metric in workload.metrics:
                     results[metric.key][spec.name] = Cell(failure="n/a")
                 continue

@@ -14,13 +14,13 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from bench_layers import Services
+from bench_layers import CHANNELS_POSTGRES, Services, close_layer
 
 WARMUP = "bench.warmup"
 MESSAGE = "bench.message"
@@ -97,6 +97,8 @@ class Context:
     progress: Progress
     script: str  # this benchmark's entry script, to start worker processes with
     layer: Any = None  # None for workloads that make their layers in worker processes
+    # Another instance of the layer on the same prefix, as a second app server would have.
+    make_peer: Callable[[], Any] | None = None
 
 
 @dataclass
@@ -272,13 +274,41 @@ async def all_received(ctx: Context, receivers: Sequence[Receiver]) -> None:
 
 async def process_local(ctx: Context) -> Outcome:
     """Many new_channel() receivers in one process, each fed by its own concurrent sender."""
+    return await _process_local(ctx, ctx.layer)
+
+
+async def process_local_from_peer(ctx: Context) -> Outcome:
+    """process_local, but the senders use another instance of the layer, as another app
+    server's would: a layer that delivers its own process-local traffic in memory cannot."""
+    return renamed(await _with_peer(ctx, _process_local), "local", "local_peer")
+
+
+def renamed(outcome: Outcome, key: str, new_key: str) -> Outcome:
+    metrics = {new_key if name == key else name: value for name, value in outcome.metrics.items()}
+    return Outcome(metrics, outcome.notes)
+
+
+async def _with_peer(ctx: Context, workload: Callable[[Context, Any], Awaitable[Outcome]]) -> Outcome:
+    if ctx.make_peer is None:
+        raise WorkloadError("this workload needs a second instance of the layer")
+    peer = ctx.make_peer()
+    try:
+        return await workload(ctx, peer)
+    finally:
+        # channels_postgres' instances share one module-level pool, which the teardown of the
+        # workload's own layer resets: closing the peer here would pull it from under that one.
+        if ctx.layer_name != CHANNELS_POSTGRES:
+            await close_layer(ctx.layer_name, peer, ctx.counts.stall)
+
+
+async def _process_local(ctx: Context, sender: Any) -> Outcome:
     layer, counts = ctx.layer, ctx.counts
     per = counts.local_per_receiver
     receivers = [Receiver(ctx, await layer.new_channel(), per) for _ in range(counts.local_receivers)]
 
     async def feed(channel: str) -> None:
         for n in range(per):
-            await asyncio.wait_for(layer.send(channel, message(n)), counts.stall)
+            await asyncio.wait_for(sender.send(channel, message(n)), counts.stall)
             ctx.progress.beat()
 
     async with running(receivers):
@@ -299,6 +329,15 @@ async def process_local(ctx: Context) -> Outcome:
 
 async def fan_out(ctx: Context) -> Outcome:
     """group_send to a group of process-local members, each receiving in a loop."""
+    return await _fan_out(ctx, ctx.layer)
+
+
+async def fan_out_from_peer(ctx: Context) -> Outcome:
+    """fan_out, with the group_sends made by another instance of the layer."""
+    return renamed(await _with_peer(ctx, _fan_out), "fanout", "fanout_peer")
+
+
+async def _fan_out(ctx: Context, sender: Any) -> Outcome:
     layer, counts = ctx.layer, ctx.counts
     group = f"bench-fanout-{token()}"
     receivers = [
@@ -313,7 +352,7 @@ async def fan_out(ctx: Context) -> Outcome:
         ctx.progress.total = len(receivers) * counts.fanout_sends
         start = time.perf_counter()
         for n in range(counts.fanout_sends):
-            await asyncio.wait_for(layer.group_send(group, message(n)), counts.stall)
+            await asyncio.wait_for(sender.group_send(group, message(n)), counts.stall)
             ctx.progress.beat()
         await all_received(ctx, receivers)
         elapsed = time.perf_counter() - start
