@@ -29,6 +29,7 @@ from scaling_common import (
 )
 
 BIG_CAPACITY = 10_000_000  # larger than any backlog here, so a send never meets ChannelFull
+STREAM_WINDOW = 200  # messages in flight in a stream
 STREAM_SENDERS = 4
 BACKLOG_PREFIX = "scalingbacklog"
 BACKLOG_PAYLOAD = os.urandom(100)
@@ -98,14 +99,20 @@ async def round_trips(
 async def stream(
     layer: Any, channel: str, make: Any, budget: float, most: int, sender: Any = None
 ) -> tuple[float, int]:
-    """Concurrent senders, one receiver, for about ``budget`` seconds; (msg/s, messages)."""
+    """Concurrent senders, one receiver, for about ``budget`` seconds; (msg/s, messages).
+
+    At most STREAM_WINDOW messages are in flight: senders faster than the receiver would
+    otherwise queue more than it can take before they expire, and measure nothing useful.
+    """
     sender = sender or layer
     sent = 0
     stop_at = time.monotonic() + budget
+    window = asyncio.Semaphore(STREAM_WINDOW)
 
     async def send() -> None:
         nonlocal sent
         while sent < most and time.monotonic() < stop_at:
+            await window.acquire()
             sent += 1
             await sender.send(channel, make(sent))
 
@@ -116,6 +123,7 @@ async def stream(
         if received < sent:
             await asyncio.wait_for(layer.receive(channel), 60)
             received += 1
+            window.release()
         else:
             # All that was sent so far arrived; a sender is about to send again or stop.
             await asyncio.sleep(0)
