@@ -177,7 +177,9 @@ class QueueReader:
             )
 
     async def _run(self) -> None:
-        while self._waiters:
+        # An inline claim in flight keeps the reader: if it finds nothing, its receive waits
+        # here, and a reader the backend has forgotten would never be woken.
+        while self._waiters or self._inline_claim is not None:
             # LISTEN before the first look at the table: a message committed after that
             # look then always finds us listening.
             try:
@@ -205,7 +207,11 @@ class QueueReader:
             if not self._waiters:
                 # Stay subscribed a while: a consumer calls receive again right after each
                 # message, and LISTEN/UNLISTEN per message would cost a round trip each.
-                if not await self._wakeup.wait(IDLE_LINGER) and not self._waiters:
+                if (
+                    not await self._wakeup.wait(IDLE_LINGER)
+                    and not self._waiters
+                    and self._inline_claim is None
+                ):
                     return
                 continue
             if self._inline_claim is not None:
