@@ -19,14 +19,24 @@ from datetime import datetime, timezone
 from .naming import non_local_name
 
 
+class Share:
+    """The copies of one group message delivered in memory, which count once, as its row would."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = 0
+
+
 @dataclass(frozen=True)
 class Claimed:
-    """A message row removed from the table, on its way to a receiver."""
+    """A message on its way to a receiver: a row removed from the table, or sent in memory."""
 
     id: int
     channel: str
     expires_at: datetime
     payload: bytes
+    share: Share | None = None  # set on the copies of one group message sent in memory
 
 
 class ClaimedBuffer:
@@ -43,7 +53,7 @@ class ClaimedBuffer:
             rows = self._rows.get(channel)
             while rows:
                 row = rows.popleft()
-                self._count(channel, -1)
+                self._count(row, -1)
                 if row.expires_at > now:
                     if not rows:
                         del self._rows[channel]
@@ -54,29 +64,34 @@ class ClaimedBuffer:
     def offer(self, rows: Sequence[Claimed], queue: str, capacity: int) -> bool:
         """Queue ``rows`` (all for channels of ``queue``) unless it holds ``capacity`` already.
 
-        Like a row in the table, the rows of one offer go in together or not at all.
+        Like a row in the table, the rows of one offer go in together or not at all, and
+        count once against the capacity until the last of them is taken or expires: a
+        group message to a process's many members is one message, as its row would be.
         """
         with self._lock:
             if self._per_queue.get(queue, 0) >= capacity:
                 self._drop_expired_locked()
                 if self._per_queue.get(queue, 0) >= capacity:
                     return False
+            share = Share() if len(rows) > 1 else None
             for row in rows:
+                if share is not None:
+                    row = Claimed(row.id, row.channel, row.expires_at, row.payload, share)
                 self._rows.setdefault(row.channel, deque()).append(row)
-            self._per_queue[queue] = self._per_queue.get(queue, 0) + len(rows)
+                self._count(row, 1)
             return True
 
     def put_back(self, row: Claimed) -> None:
         """Queue ``row`` behind what is buffered for its channel (it was claimed later)."""
         with self._lock:
             self._rows.setdefault(row.channel, deque()).append(row)
-            self._count(row.channel, 1)
+            self._count(row, 1)
 
     def put_front(self, row: Claimed) -> None:
         """Queue ``row`` first in line: its receiver was cancelled, and it is the oldest."""
         with self._lock:
             self._rows.setdefault(row.channel, deque()).appendleft(row)
-            self._count(row.channel, 1)
+            self._count(row, 1)
 
     def count(self) -> int:
         """How many messages are held, expired ones not yet dropped included."""
@@ -104,15 +119,23 @@ class ClaimedBuffer:
             rows = self._rows[channel]
             kept = deque(row for row in rows if row.expires_at > now)
             dropped += len(rows) - len(kept)
-            self._count(channel, len(kept) - len(rows))
+            for row in rows:
+                if row.expires_at <= now:
+                    self._count(row, -1)
             if kept:
                 self._rows[channel] = kept
             else:
                 del self._rows[channel]
         return dropped
 
-    def _count(self, channel: str, change: int) -> None:
-        queue = non_local_name(channel)
+    def _count(self, row: Claimed, change: int) -> None:
+        """Count ``row`` in (+1) or out (-1) of its queue's held messages."""
+        if row.share is not None:
+            row.share.held += change
+            # A group message counts while any of its copies is held.
+            if (change > 0 and row.share.held != 1) or (change < 0 and row.share.held != 0):
+                return
+        queue = non_local_name(row.channel)
         held = self._per_queue.get(queue, 0) + change
         if held > 0:
             self._per_queue[queue] = held

@@ -78,19 +78,37 @@ async def test_a_group_send_counts_once_against_a_process_shared_capacity(make_l
         await sender.send(channels[2], {"type": "fourth"})
 
 
-async def test_messages_a_layer_sends_its_own_process_local_channels_count_each_delivery(
+async def test_a_group_message_a_layer_sends_its_own_channels_counts_once_until_all_took_it(
     make_layer: LayerFactory,
 ) -> None:
     layer = make_layer(capacity=3)
-    channels = [await layer.new_channel() for _ in range(2)]
+    channels = [await layer.new_channel() for _ in range(5)]
     for channel in channels:
         await layer.group_add("locals", channel)
-    await layer.group_send("locals", {"type": "broadcast"})  # two deliveries, in this process
-    await layer.send(channels[0], {"type": "third"})
+    await layer.group_send("locals", {"type": "broadcast"})  # five copies in memory, one message
+    await layer.send(channels[0], {"type": "second"})
+    await layer.send(channels[1], {"type": "third"})
     with pytest.raises(ChannelFull, match="share one capacity of 3"):
-        await layer.send(channels[1], {"type": "fourth"})
-    assert await receive(layer, channels[0]) == {"type": "broadcast"}
-    await layer.send(channels[1], {"type": "room again"})
+        await layer.send(channels[2], {"type": "fourth"})
+    for channel in channels[:4]:
+        assert await receive(layer, channel) == {"type": "broadcast"}
+    with pytest.raises(ChannelFull):  # one copy is still held
+        await layer.send(channels[2], {"type": "fourth"})
+    assert await receive(layer, channels[4]) == {"type": "broadcast"}
+    await layer.send(channels[2], {"type": "room again"})
+
+
+async def test_a_group_larger_than_capacity_keeps_reaching_its_members_in_process(
+    make_layer: LayerFactory,
+) -> None:
+    layer = make_layer(capacity=100)
+    members = [await layer.new_channel() for _ in range(120)]
+    for channel in members:
+        await layer.group_add("crowd", channel)
+    for n in range(3):
+        await layer.group_send("crowd", {"type": "n", "n": n})
+    for channel in members:
+        assert [(await receive(layer, channel))["n"] for _ in range(3)] == [0, 1, 2]
 
 
 async def test_concurrent_sends_never_overfill_a_channel(make_layer: LayerFactory) -> None:
