@@ -70,6 +70,21 @@ class LoopBackend:
         parameters = enqueue_parameters(self._config.prefix, self._config.expiry, payload, targets)
         return {row["queue"] for row in await self.fetch(statements.ENQUEUE, parameters)}
 
+    async def group_send(self, payload: bytes, group: str, own_queue_suffix: str) -> list[Any]:
+        """statements.GROUP_SEND's one row: the caller's own members, and who else was reached."""
+        self._ensure_cleanup()
+        return await self.fetch(
+            statements.GROUP_SEND,
+            {
+                "prefix": self._config.prefix,
+                "group": group,
+                "own_suffix": own_queue_suffix,
+                "capacity": self._config.capacity,
+                "expiry": self._config.expiry,
+                "payload": payload,
+            },
+        )
+
     async def send(self, payload: bytes, queue: str, channel: str, capacity: int) -> bool:
         """Store ``payload`` for ``channel`` unless its queue is full; whether it was stored."""
         self._ensure_cleanup()

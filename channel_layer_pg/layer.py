@@ -235,8 +235,23 @@ class PostgresChannelLayer:
             stored = await backend.enqueue(payload, elsewhere) if elsewhere else set()
             return reached + members_reached(elsewhere, stored), sum(target.members for target in targets)
 
+        async def fan_out_at_once(backend: LoopBackend) -> tuple[int, int]:
+            # One statement instead of two (members, then rows): possible when every channel
+            # has the same capacity, so the database can check each target's room itself.
+            (row,) = await backend.group_send(payload, group, self._own_queue_suffix)
+            reached, members = int(row["reached"]), int(row["elsewhere"])
+            here: dict[str, list[str]] = {}
+            for channel in row["here"] or ():
+                here.setdefault(non_local_name(channel), []).append(channel)
+            for queue, channels in here.items():
+                members += len(channels)
+                rows = [self._local_row(channel, payload) for channel in channels]
+                if self._deliver_here(rows, queue, self._config.capacity):
+                    reached += len(channels)
+            return reached, members
+
         if connection is None:
-            stored, members = await self._call(fan_out)
+            stored, members = await self._call(fan_out if self._config.channel_capacity else fan_out_at_once)
         else:
             writer = await self._writer(connection)
             stored, members = await writer.group_send(payload, group)

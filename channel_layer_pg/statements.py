@@ -30,12 +30,15 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, OID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.sql.elements import TextClause
 
+from .naming import TOPIC_PREFIX
 from .schema import group_member, message
 
 _prefix = bindparam("prefix", type_=Text)
@@ -376,3 +379,73 @@ __all__ = [
     "NOTIFY",
     "SEND",
 ]
+
+
+def _build_group_send() -> TextClause:
+    """group_send in one statement, for layers whose channels all have the same capacity.
+
+    Reads the members, stores one row per normal channel and one per receiving process
+    (listing its members) where there is room, and wakes each stored queue's readers. The
+    calling layer's own process-local members are left out and returned (``here``): the
+    layer delivers to them in memory. Returns how many members elsewhere there were
+    (``elsewhere``) and how many of them were reached (``reached``). The topics are computed
+    here as naming.topic_for computes them, since the queues are known only in here.
+    """
+    capacity = "CAST(:capacity AS BIGINT)"
+    prefix = "CAST(:prefix AS TEXT)"
+    queue_rows = (
+        "SELECT count(*) FROM (SELECT 1 FROM channel_layer_pg_message m "
+        f"WHERE m.prefix = {prefix} AND m.queue = t.queue AND m.expires_at > statement_timestamp() "
+        f"LIMIT {capacity}) AS live"
+    )
+    # The same test as _has_room: the id span settles it unless the queue's oldest row is old.
+    id_span = (
+        "coalesce((SELECT max(id) FROM channel_layer_pg_message) - (SELECT min(m.id) FROM "
+        f"channel_layer_pg_message m WHERE m.prefix = {prefix} AND m.queue = t.queue) + 1, 0)"
+    )
+    sql = f"""
+WITH members AS (
+    SELECT g.channel,
+           CASE WHEN strpos(g.channel, '!') > 0 THEN left(g.channel, strpos(g.channel, '!'))
+                ELSE g.channel END AS queue
+    FROM channel_layer_pg_group_member g
+    WHERE g.prefix = {prefix} AND g.group_name = CAST(:group AS TEXT)
+      AND g.expires_at > statement_timestamp()
+), here AS (
+    SELECT channel FROM members
+    WHERE right(queue, length(CAST(:own_suffix AS TEXT))) = CAST(:own_suffix AS TEXT)
+), targets AS (
+    SELECT queue,
+           CASE WHEN strpos(queue, '!') > 0 THEN queue ELSE min(channel) END AS channel,
+           CASE WHEN strpos(queue, '!') > 0 THEN array_agg(channel ORDER BY channel) END AS recipients,
+           count(*) AS members
+    FROM members
+    WHERE right(queue, length(CAST(:own_suffix AS TEXT))) <> CAST(:own_suffix AS TEXT)
+    GROUP BY queue
+), inserted AS (
+    INSERT INTO channel_layer_pg_message (prefix, queue, channel, recipients, expires_at, payload)
+    SELECT {prefix}, t.queue, t.channel, t.recipients,
+           statement_timestamp() + CAST(:expiry AS INTERVAL), CAST(:payload AS BYTEA)
+    FROM targets t
+    WHERE 1 + {id_span} <= {capacity} OR 1 + ({queue_rows}) <= {capacity}
+    ORDER BY t.queue
+    RETURNING queue
+)
+SELECT (SELECT array_agg(channel) FROM here) AS here,
+       (SELECT coalesce(sum(members), 0) FROM targets) AS elsewhere,
+       (SELECT coalesce(sum(t.members), 0) FROM targets t JOIN inserted i ON i.queue = t.queue) AS reached,
+       (SELECT count(pg_notify('{TOPIC_PREFIX}' || left(encode(sha256(convert_to({prefix} || ':' || i.queue,
+                                 'UTF8')), 'hex'), 32), ''))
+        FROM inserted i) AS notified
+"""
+    return text(sql).bindparams(
+        bindparam("prefix", type_=Text),
+        bindparam("group", type_=Text),
+        bindparam("own_suffix", type_=Text),
+        bindparam("capacity", type_=BigInteger),
+        bindparam("expiry", type_=Interval),
+        bindparam("payload", type_=LargeBinary),
+    )
+
+
+GROUP_SEND = _build_group_send()
