@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from channel_layer_pg import PostgresChannelLayer
-from tests.helpers import LayerFactory, Sql, nothing_arrives, receive
+from channel_layer_pg.reader import POLL_INTERVAL
+from tests.helpers import TIMEOUT, LayerFactory, Sql, nothing_arrives, receive, signal_when_waiting
 
 
 async def test_group_send_reaches_every_member(layer: PostgresChannelLayer) -> None:
@@ -125,3 +126,18 @@ async def test_the_bare_non_local_part_of_another_process_cannot_be_received(
     with pytest.raises(ValueError, match="another layer instance"):
         await other.receive(f"specific.{owner.client_prefix}!")
     assert await receive(owner, member) == {"type": "for the owner"}
+
+
+@pytest.mark.parametrize("local", [True, False], ids=["process-local member", "normal channel member"])
+async def test_a_group_send_wakes_a_waiting_receiver_elsewhere_without_waiting_for_the_poll(
+    make_layer: LayerFactory, monkeypatch: pytest.MonkeyPatch, local: bool
+) -> None:
+    receiver, sender = make_layer(), make_layer()
+    channel = await receiver.new_channel() if local else "test.group-woken"
+    await receiver.group_add("room", channel)
+    waiting = signal_when_waiting(monkeypatch)
+    receiving = asyncio.create_task(receiver.receive(channel))
+    assert await asyncio.to_thread(waiting.wait, TIMEOUT)
+    await sender.group_send("room", {"type": "woken"})
+    # Well under the readers' 5 s poll: only the NOTIFY (its topic named in SQL) can do it.
+    assert await asyncio.wait_for(receiving, POLL_INTERVAL / 2) == {"type": "woken"}
