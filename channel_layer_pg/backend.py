@@ -130,6 +130,9 @@ class LoopBackend:
                 self._buffer,
                 self._on_buffered,
                 self._forget,
+                # Receives claim in their own task before any reader LISTENs, so a layer that
+                # has run a statement has reached its database as much as one that listened.
+                lambda: self._statements.has_connected or self._listener.has_connected,
             )
             self._readers[queue] = reader
         return reader

@@ -159,6 +159,8 @@ class StatementRunner:
         self._compiled: dict[Executable, _Compiled] = {}
         given_pool_size = getattr(engine.pool, "size", lambda: 0)()
         self._most_connections = max(given_pool_size, config.pool_size) + config.max_overflow + 1
+        # Whether a connection was ever opened: an outage after that is ridden out.
+        self.has_connected = False
         if owns_engine:
             self._connections = HeldConnections(
                 engine, keep=config.pool_size, most=config.pool_size + config.max_overflow
@@ -203,6 +205,7 @@ class StatementRunner:
             try:
                 async with translated_errors(self._config):
                     held = await self._connections.acquire()
+                self.has_connected = True
             except DatabaseUnreachableError as exc:
                 delay = next(delays, None)
                 if delay is None or not _worth_retrying(exc):

@@ -42,8 +42,10 @@ class QueueReader:
         buffer: ClaimedBuffer,
         on_buffered: Callable[[str], None],
         on_idle: Callable[[QueueReader], None],
+        database_reached: Callable[[], bool],
     ) -> None:
         self.queue = queue
+        self._database_reached = database_reached
         self._topic = topic
         self._listener = listener
         self._claim = claim
@@ -254,7 +256,7 @@ class QueueReader:
         complete when their message comes. One that never was is a mistake in the settings,
         which waiting receives should hear about at once.
         """
-        if isinstance(exc, DatabaseUnreachableError) and self._listener.has_connected:
+        if isinstance(exc, DatabaseUnreachableError) and self._database_reached():
             logger.warning(
                 "receiving from %s failed (%s); retrying in %.1f s", self.queue, exc, self._backoff
             )

@@ -89,6 +89,27 @@ async def test_messages_sent_while_the_listener_was_down_are_delivered(
     assert await receive(receiver, channel) == {"type": "second"}
 
 
+async def test_a_receiver_that_never_listened_still_rides_out_an_outage(
+    make_layer: LayerFactory, sql: Sql, runtime_role_url: str
+) -> None:
+    receiver, sender = make_layer(url=runtime_role_url), make_layer()
+    await sender.send("test.outage", {"type": "first"})
+    # Found at once by the receive's own claim: no reader started, nothing LISTENed yet.
+    assert await receive(receiver, "test.outage") == {"type": "first"}
+    role = make_url(runtime_role_url).username
+    await sql(f'ALTER ROLE "{role}" NOLOGIN')
+    try:
+        await kill_layer_sessions(sql, role=role)
+        receiving = asyncio.create_task(receiver.receive("test.outage"))
+        # The receive meets the outage; having reached the database before, it waits.
+        done, _ = await asyncio.wait({receiving}, timeout=1.0)
+        assert not done, f"the receive ended during the outage: {receiving}"
+    finally:
+        await sql(f'ALTER ROLE "{role}" LOGIN')
+    await sender.send("test.outage", {"type": "after the outage"})
+    assert await asyncio.wait_for(receiving, TIMEOUT) == {"type": "after the outage"}
+
+
 async def test_a_server_restart_under_traffic_loses_nothing_that_was_stored(
     make_layer: LayerFactory, embedded: EmbeddedPostgres | None
 ) -> None:
