@@ -37,7 +37,7 @@ def _lost(config: LayerConfig, exc: Exception) -> DatabaseUnreachableError:
     )
 
 
-class _NotificationsNotDelivered(DatabaseUnreachableError):
+class NotificationsNotDelivered(DatabaseUnreachableError):
     """LISTEN succeeded but hears nothing the layer sends: a setting to fix, not an outage."""
 
 
@@ -186,11 +186,11 @@ class Listener:
             f"{self._listen_config.host_and_port} within {config.connect_timeout:g} s"
         )
         if config.listen_url is None:
-            return _NotificationsNotDelivered(
+            return NotificationsNotDelivered(
                 f"{heard}: if the URL points at a pooler in transaction mode (PgBouncer's "
                 "pool_mode = transaction), set listen_url to a direct PostgreSQL URL"
             )
-        return _NotificationsNotDelivered(
+        return NotificationsNotDelivered(
             f"{heard}: listen_url must reach the same PostgreSQL server and database as the "
             "layer's URL, directly rather than through a pooler in transaction mode"
         )

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from .buffer import Claimed, ClaimedBuffer
 from .errors import DatabaseUnreachableError
-from .listener import Listener
+from .listener import Listener, NotificationsNotDelivered
 
 logger = logging.getLogger("channel_layer_pg")
 
@@ -256,7 +256,11 @@ class QueueReader:
         complete when their message comes. One that never was is a mistake in the settings,
         which waiting receives should hear about at once.
         """
-        if isinstance(exc, DatabaseUnreachableError) and self._database_reached():
+        if (
+            isinstance(exc, DatabaseUnreachableError)
+            and not isinstance(exc, NotificationsNotDelivered)  # a setting to fix, not an outage
+            and self._database_reached()
+        ):
             logger.warning(
                 "receiving from %s failed (%s); retrying in %.1f s", self.queue, exc, self._backoff
             )
