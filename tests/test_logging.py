@@ -69,6 +69,13 @@ async def kill_listener(layer: PostgresChannelLayer, sql: Sql, logged: Awaited) 
         # Polling the server for an observable state, bounded: no event exists for it.
         while not (stats := await layer.stats()).listeners:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+    # The session shows before the listener has finished connecting (it checks once that a
+    # NOTIFY reaches it); killed then, a receive's retry reconnects it, with nothing to log.
+    # A message woken by a NOTIFY proves the listener is up.
+    proof = asyncio.create_task(layer.receive("test.listening"))
+    await asyncio.sleep(0.05)  # the proof's receive starts waiting; a NOTIFY or its poll delivers
+    await layer.send("test.listening", {"type": "proof"})
+    await asyncio.wait_for(proof, TIMEOUT)
     restored = logged.expect("restored after")
     await sql("SELECT pg_terminate_backend($1)", stats.listeners[0].pid)
     await restored()
