@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -99,22 +100,30 @@ RUNTIME_GRANTS = (
 )
 
 
-@pytest.fixture
-async def runtime_role_url(database_url: str) -> AsyncIterator[str]:
-    """The test database, as a fresh role that holds only the layer's run-time privileges."""
+@asynccontextmanager
+async def runtime_role(database_url: str, *, attributes: str = "") -> AsyncIterator[str]:
+    """The test database as a fresh role with only the layer's run-time privileges; dropped after.
+
+    ``attributes`` are extra CREATE ROLE options, such as "CONNECTION LIMIT 3".
+    """
     role = f"clpg_runtime_{uuid.uuid4().hex[:8]}"
     admin = await connect(database_url)
     try:
-        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN {attributes}')
         await admin.execute(RUNTIME_GRANTS.format(role=f'"{role}"'))
         yield make_url(database_url).set(username=role, password=None).render_as_string(hide_password=False)
-        await admin.execute(
-            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
-        )
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
         await admin.execute(f'DROP OWNED BY "{role}"')
         await admin.execute(f'DROP ROLE "{role}"')
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def runtime_role_url(database_url: str) -> AsyncIterator[str]:
+    """The test database, as a fresh role that holds only the layer's run-time privileges."""
+    async with runtime_role(database_url) as url:
+        yield url
 
 
 async def connect(url: str) -> asyncpg.Connection:

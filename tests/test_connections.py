@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy.engine import make_url
 
-from tests.conftest import RUNTIME_GRANTS, connect
+from tests.conftest import runtime_role
 from tests.helpers import TIMEOUT, LayerFactory, Sql
 
 
@@ -40,17 +38,8 @@ async def test_350_waiting_receivers_use_at_most_the_pool_and_one_listener(
 @pytest.fixture
 async def three_connection_role_url(database_url: str) -> AsyncIterator[str]:
     """The test database as a role that PostgreSQL lets open at most three connections."""
-    role = f"clpg_limited_{uuid.uuid4().hex[:8]}"
-    admin = await connect(database_url)
-    try:
-        await admin.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 3')
-        await admin.execute(RUNTIME_GRANTS.format(role=f'"{role}"'))
-        yield make_url(database_url).set(username=role, password=None).render_as_string(hide_password=False)
-        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
-        await admin.execute(f'DROP OWNED BY "{role}"')
-        await admin.execute(f'DROP ROLE "{role}"')
-    finally:
-        await admin.close()
+    async with runtime_role(database_url, attributes="CONNECTION LIMIT 3") as url:
+        yield url
 
 
 async def test_a_burst_larger_than_the_server_allows_shares_the_connections_it_has(
