@@ -1,0 +1,96 @@
+"""What a send and a claim cost as a queue grows, when their plans were made on an empty table.
+
+asyncpg keeps each statement prepared for the life of its connection, and PostgreSQL keeps the
+plan it made the first times the statement ran. Right after VACUUM ANALYZE of an empty message
+table, a plan scans the table whole unless sequential scans are off, as they are on the
+layer's own connections. An engine you pass in keeps the server's setting: the second column.
+
+    python benchmarks/plan_drift.py [--url URL] [--rows 4000]
+
+VACUUMs the layer's tables in --url (the bench database, not one in use) and removes the rows
+of its own prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from collections.abc import Callable
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from channel_layer_pg import PostgresChannelLayer
+from channel_layer_pg.config import asyncpg_url
+
+DEFAULT_URL = os.environ.get("CHANNEL_LAYER_PG_URL", "postgresql://postgres@127.0.0.1:5432/bench")
+PREFIX = "bench-plan-drift"
+CHANNEL = "drift.queue"
+BLOCKS = 4
+
+
+async def fresh_tables(url: str) -> None:
+    """No rows under our prefix, and statistics that say the tables are as good as empty."""
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute("DELETE FROM channel_layer_pg_message WHERE prefix = $1", PREFIX)
+        for table in ("channel_layer_pg_message", "channel_layer_pg_group_member"):
+            await connection.execute(f"VACUUM ANALYZE {table}")
+    finally:
+        await connection.close()
+
+
+async def per_block(operation: Callable[[], object], rows: int) -> list[float]:
+    """Mean ms per call over each of BLOCKS equal blocks of ``rows`` calls."""
+    block = rows // BLOCKS
+    means = []
+    for _ in range(BLOCKS):
+        started = time.perf_counter()
+        for _ in range(block):
+            await operation()  # type: ignore[misc]
+        means.append((time.perf_counter() - started) / block * 1000)
+    return means
+
+
+async def measure(url: str, rows: int, engine: AsyncEngine | None) -> tuple[list[float], list[float]]:
+    await fresh_tables(url)
+    options = {"engine": engine} if engine is not None else {"url": url}
+    layer = PostgresChannelLayer(prefix=PREFIX, capacity=rows * 2, **options)
+    try:
+        sends = await per_block(lambda: layer.send(CHANNEL, {"type": "drift"}), rows)
+        receives = await per_block(lambda: layer.receive(CHANNEL), rows)
+    finally:
+        await layer.flush()
+        await layer.close()
+    return sends, receives
+
+
+async def main(url: str, rows: int) -> None:
+    own = await measure(url, rows, engine=None)
+    # An application's engine, with the layer's synchronous_commit so that only the plans differ.
+    engine = create_async_engine(
+        asyncpg_url(url)[0], connect_args={"server_settings": {"synchronous_commit": "off"}}
+    )
+    try:
+        given = await measure(url, rows, engine=engine)
+    finally:
+        await engine.dispose()
+    block = rows // BLOCKS
+    print(f"mean ms per call, after VACUUM ANALYZE of an empty table; {url}")
+    print(f"{'queued rows':>22} | {'layer connections':>17} | {'an engine you pass':>18}")
+    for index in range(BLOCKS):
+        low, high = index * block, (index + 1) * block
+        print(f"{'send, ' + f'{low}-{high}':>22} | {own[0][index]:17.2f} | {given[0][index]:18.2f}")
+    for index in range(BLOCKS):
+        low, high = rows - index * block, rows - (index + 1) * block
+        print(f"{'receive, ' + f'{low}-{high}':>22} | {own[1][index]:17.2f} | {given[1][index]:18.2f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"default: {DEFAULT_URL}")
+    parser.add_argument("--rows", type=int, default=4000, help="messages to queue, then receive")
+    args = parser.parse_args()
+    asyncio.run(main(args.url, args.rows))
