@@ -152,9 +152,11 @@ class LoopBackend:
             await self.engine.dispose()
 
     async def _claim(self, queue: str, channels: Sequence[str], limit: int) -> list[Claimed]:
-        rows = await self.fetch(
+        # Readers run every claim in a shielded task of its own (reader.Claim).
+        rows = await self._statements.fetch(
             statements.CLAIM,
             {"prefix": self._config.prefix, "queue": queue, "channels": channels, "limit": limit},
+            in_own_task=True,
         )
         waiting = set(channels)
         claimed: list[Claimed] = []

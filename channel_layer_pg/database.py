@@ -7,8 +7,7 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import asyncpg
@@ -42,6 +41,13 @@ _CONNECT_REFUSALS = {"28P01", "28000", "3D000"}
 # A named prepared statement missing, or its name taken: what a transaction pooler does to
 # statements prepared on one server connection and run on another.
 _LOST_PREPARED_STATEMENTS = {"26000", "42P05"}
+
+# A wrong password or role, an unknown database: asyncpg's errors for a refused connection.
+_REFUSALS = (
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    asyncpg.exceptions.InvalidCatalogNameError,
+)
+_CONNECTION_FAILURES = (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.InterfaceError)
 
 # How long close() lets statements already running finish before the engine goes.
 _CLOSE_GRACE = 5.0
@@ -126,29 +132,47 @@ def _connect_args(config: LayerConfig, given: Mapping[str, Any], *, listen: bool
     return connect_args
 
 
-@asynccontextmanager
-async def translated_errors(config: LayerConfig) -> AsyncIterator[None]:
-    """Re-raise connection failures and a missing schema as the layer's own errors."""
-    try:
-        yield
-    except DBAPIError as exc:
-        raise _translate(config, exc) from exc
-    except asyncpg.exceptions.UndefinedTableError as exc:
-        raise _schema_missing(config) from exc
-    except asyncpg.exceptions.InvalidAuthorizationSpecificationError as exc:
-        raise _refused(config, exc) from exc
-    except asyncpg.exceptions.InvalidCatalogNameError as exc:
-        raise _refused(config, exc) from exc
-    except (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.InterfaceError) as exc:
-        raise _unreachable(config, exc) from exc
-    except asyncpg.exceptions.PostgresError as exc:
-        if exc.sqlstate in _CONNECTION_LOST_STATES:
-            raise _unreachable(config, exc) from exc
-        if exc.sqlstate in _LOST_PREPARED_STATEMENTS:
-            raise _pooled_statement_lost(config, exc) from exc
-        raise
-    except (OSError, asyncio.TimeoutError) as exc:
-        raise _unreachable(config, exc) from exc
+class translated_errors:  # lower case like contextlib.suppress: read as "with translated_errors(...)"
+    """Re-raise connection failures and a missing schema as the layer's own errors.
+
+    A class rather than a @contextmanager generator: it wraps every statement, and entering
+    and leaving a generator-based context costs several times more.
+    """
+
+    __slots__ = ("_config",)
+
+    def __init__(self, config: LayerConfig) -> None:
+        self._config = config
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None or not isinstance(exc, Exception):
+            return
+        translated = _translated(self._config, exc)
+        if translated is not exc:
+            raise translated from exc
+
+
+def _translated(config: LayerConfig, exc: Exception) -> Exception:
+    """The layer's own error for ``exc``, or ``exc`` itself if it is none of the layer's business."""
+    if isinstance(exc, DBAPIError):
+        return _translate(config, exc)
+    if isinstance(exc, asyncpg.exceptions.UndefinedTableError):
+        return _schema_missing(config)
+    if isinstance(exc, _REFUSALS):
+        return _refused(config, exc)
+    if isinstance(exc, _CONNECTION_FAILURES):
+        return _unreachable(config, exc)
+    sqlstate = getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.exceptions.PostgresError) else None
+    if sqlstate in _CONNECTION_LOST_STATES:
+        return _unreachable(config, exc)
+    if sqlstate in _LOST_PREPARED_STATEMENTS:
+        return _pooled_statement_lost(config, exc)
+    if isinstance(exc, (OSError, asyncio.TimeoutError)):
+        return _unreachable(config, exc)
+    return exc
 
 
 class StatementRunner:
@@ -178,9 +202,18 @@ class StatementRunner:
             # every connection goes back to it after each statement.
             self._connections = HeldConnections(engine, keep=0, most=sys.maxsize)
 
-    async def fetch(self, statement: Executable, parameters: Mapping[str, Any]) -> list[Any]:
-        """The rows ``statement`` returns (asyncpg Records)."""
+    async def fetch(
+        self, statement: Executable, parameters: Mapping[str, Any], *, in_own_task: bool = False
+    ) -> list[Any]:
+        """The rows ``statement`` returns (asyncpg Records).
+
+        ``in_own_task``: the caller already runs this in a task that nothing cancels (the
+        readers' claims), so the runner need not shield it in another; a task per statement
+        is a fair part of a claim's cost.
+        """
         compiled, arguments = self._bind(statement, parameters)
+        if in_own_task:
+            return await self._run(compiled, lambda driver: driver.fetch(compiled.sql, *arguments))
         return await self._shielded(compiled, lambda driver: driver.fetch(compiled.sql, *arguments))
 
     async def execute(self, statement: Executable, parameters: Mapping[str, Any]) -> int:
@@ -211,7 +244,7 @@ class StatementRunner:
         dead_allowed = self._most_connections
         while True:
             try:
-                async with translated_errors(self._config):
+                with translated_errors(self._config):
                     held = await self._connections.acquire()
                 self.has_connected = True
             except DatabaseUnreachableError as exc:
@@ -229,7 +262,7 @@ class StatementRunner:
                 await self._connections.discard(held)
                 continue
             try:
-                async with translated_errors(self._config):
+                with translated_errors(self._config):
                     started = time.perf_counter()
                     result = await work(held.driver)
                     took = time.perf_counter() - started

@@ -114,7 +114,7 @@ class Listener:
         if self._driver is not None and not self._driver.is_closed():
             return
         await self._drop_connection()
-        async with translated_errors(self._listen_config):
+        with translated_errors(self._listen_config):
             while True:
                 conn = await self._engine.connect()
                 try:
@@ -163,7 +163,7 @@ class Listener:
             if not arrived.done():
                 arrived.set_result(None)
 
-        async with translated_errors(self._listen_config):
+        with translated_errors(self._listen_config):
             await self._driver.add_listener(topic, on_notify)
         try:
             await self._notify(topic)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -63,6 +64,8 @@ def listener_application_name(prefix: str) -> str:
     return f"{LISTENER_APPLICATION_NAME} {prefix}"[:63]
 
 
+# Every send hashes its queue's name: a process sends to far fewer queues than this, mostly.
+@functools.lru_cache(maxsize=4096)
 def topic_for(prefix: str, queue: str) -> str:
     """The NOTIFY topic that wakes readers of ``queue`` under ``prefix``.
 

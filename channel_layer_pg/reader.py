@@ -29,6 +29,8 @@ IDLE_LINGER = 30.0
 _BACKOFF_START = 0.1
 _BACKOFF_MAX = 5.0
 
+# Claims rows of a queue for channels, at most a number of them. The reader always runs it in
+# a task that nothing cancels: the rows it claims exist only in its result.
 Claim = Callable[[str, Sequence[str], int], Awaitable[Sequence[Claimed]]]
 
 
