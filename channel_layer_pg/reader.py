@@ -136,8 +136,11 @@ class QueueReader:
 
     def _inline_claim_ended(self) -> None:
         self._inline_claim = None
-        # The reader holds back while an inline claim is in flight: its turn now.
-        self._wakeup.set()
+        # The reader holds back for waiters while an inline claim is in flight: their turn now.
+        # With none, the reader is lingering and has nothing to do; waking it anyway would cost
+        # a turn of its loop per message for a consumer that keeps claiming inline.
+        if self._waiters:
+            self._wakeup.set()
 
     def hand_back(self, row: Claimed) -> None:
         """Return a message whose receiver was cancelled to the front of its channel's line."""
@@ -342,9 +345,17 @@ class _Wakeup:
     async def wait(self, timeout: float) -> bool:
         """Wait until set, at most ``timeout`` seconds; whether it was set."""
         if not self._flag:
-            self._future = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._future = future = loop.create_future()
+            timer = loop.call_later(timeout, _resolve, future)
             try:
-                await asyncio.wait({self._future}, timeout=timeout)
+                await future
             finally:
+                timer.cancel()
                 self._future = None
         return self._flag
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
