@@ -21,7 +21,7 @@ from .config import LayerConfig
 from .database import StatementRunner, create_engine, create_listen_engine
 from .fanout import Target, enqueue_parameters, send_parameters
 from .listener import Listener
-from .naming import topic_for
+from .naming import is_process_local, topic_for
 from .reader import QueueReader
 from .sendbatch import PendingSend, SendBatcher
 
@@ -152,9 +152,11 @@ class LoopBackend:
             await self.engine.dispose()
 
     async def _claim(self, queue: str, channels: Sequence[str], limit: int) -> list[Claimed]:
+        # A normal channel is a queue of its own, with no group rows to share out.
+        statement = statements.CLAIM if is_process_local(queue) else statements.CLAIM_CHANNEL
         # Readers run every claim in a shielded task of its own (reader.Claim).
         rows = await self._statements.fetch(
-            statements.CLAIM,
+            statement,
             {"prefix": self._config.prefix, "queue": queue, "channels": channels, "limit": limit},
             in_own_task=True,
         )

@@ -41,7 +41,8 @@ HOT_STATEMENTS: dict[str, tuple[Executable, dict[str, Any]]] = {
          "channels": ["q", "s.a!"], "recipients": ["", "s.a!b s.a!c"], "capacities": [100, 100],
          "topics": ["t", "u"]},
     ),
-    "CLAIM": (statements.CLAIM, {"prefix": "p", "queue": "q", "channels": ["q"], "limit": 1}),
+    "CLAIM": (statements.CLAIM, {"prefix": "p", "queue": "s.a!", "channels": ["s.a!b"], "limit": 1}),
+    "CLAIM_CHANNEL": (statements.CLAIM_CHANNEL, {"prefix": "p", "queue": "q", "limit": 1}),
     "GROUP_SEND": (
         statements.GROUP_SEND,
         {"prefix": "p", "group": "g", "own_suffix": ".a!", "capacity": 100, "expiry": EXPIRY,
