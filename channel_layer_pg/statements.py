@@ -278,8 +278,9 @@ def _build_claim_channel() -> ReturningDelete[Any]:
     """CLAIM for a queue that is one normal channel: the oldest ``limit`` rows, deleted.
 
     Such a queue holds only direct rows for that channel (a group stores a plain row for
-    each normal member), so there are no recipients to give up one by one. The simpler plan
-    is a sixth cheaper than CLAIM's, and a consumer of a busy work queue runs it per message.
+    each normal member), so there are no recipients to give up one by one. A consumer of a
+    busy work queue runs this once per message: through asyncpg it took 247 us where CLAIM
+    took 306 (one run, same backlog).
     """
     picked = (
         select(message.c.id)
