@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -36,11 +37,16 @@ class Held:
         self.driver = driver
 
 
+# Run on each connection when it opens, before its first statement.
+Prepare = Callable[[Any], Awaitable[None]]
+
+
 class HeldConnections:
-    def __init__(self, engine: AsyncEngine, *, keep: int, most: int) -> None:
+    def __init__(self, engine: AsyncEngine, *, keep: int, most: int, prepare: Prepare | None = None) -> None:
         self._engine = engine
         self._keep = keep
         self._most = most
+        self._prepare = prepare
         self._count = 0
         self._idle: list[Held] = []
         self._waiting: deque[asyncio.Future[Held | None]] = deque()
@@ -56,11 +62,16 @@ class HeldConnections:
                 return self._idle.pop()
             if self._count < self._most and (self._count == 0 or time.monotonic() >= self._full_until):
                 self._count += 1
+                connection = None
                 try:
                     connection = await self._engine.connect()
                     raw = await connection.get_raw_connection()
+                    if self._prepare is not None:
+                        await self._prepare(raw.driver_connection)
                 except BaseException as exc:
                     self._count -= 1
+                    if connection is not None:
+                        await _abandon(connection)
                     if not (self._count and _server_full(exc)):
                         self._wake_one(None)
                         raise
@@ -145,6 +156,15 @@ class HeldConnections:
                 waiter.set_result(held)
                 return True
         return False
+
+
+async def _abandon(connection: AsyncConnection) -> None:
+    """Close a connection that failed before its first statement, whatever state it is in."""
+    try:
+        await connection.invalidate()
+        await connection.close()
+    except Exception:
+        pass  # already failing: the caller hears of the first error, not of this one
 
 
 def _server_full(exc: BaseException) -> bool:

@@ -104,14 +104,6 @@ def _connect_args(config: LayerConfig, given: Mapping[str, Any], *, listen: bool
         "application_name": "channel_layer_pg",
         **connect_args.get("server_settings", {}),
     }
-    if not config.behind_pooler and not listen:
-        # Every statement of the layer finds its rows through an index. A plan made while the
-        # table held a page of rows (after a VACUUM of an empty table, say) scans the whole
-        # table instead, and asyncpg keeps each statement prepared, that plan with it, for as
-        # long as the connection lives: a send then costs time in proportion to the backlog
-        # (measured: 0.33 ms at 500 queued rows, 1.6 ms at 4,000). Behind a pooler the
-        # setting belongs in ALTER ROLE or PgBouncer's connect_query (see the README).
-        server_settings["enable_seqscan"] = "off"
     if config.synchronous_commit is not None and not listen:
         # A commit that waits for its WAL flush costs a disk sync per message; see the README
         # on what synchronous_commit=off risks (the last fraction of a second of messages if
@@ -195,7 +187,12 @@ class StatementRunner:
         self.has_connected = False
         if owns_engine:
             self._connections = HeldConnections(
-                engine, keep=config.pool_size, most=config.pool_size + config.max_overflow
+                engine,
+                keep=config.pool_size,
+                most=config.pool_size + config.max_overflow,
+                # Behind a transaction pooler a SET would stay with whichever server
+                # connection ran it, for other clients to inherit.
+                prepare=None if config.behind_pooler else _use_indexes,
             )
         else:
             # An application's engine: its pool is the application's to size and share, so
@@ -303,6 +300,20 @@ class StatementRunner:
     async def close(self) -> None:
         """Return the connections held between statements, before the engine is disposed."""
         await self._connections.close(timeout=_CLOSE_GRACE)
+
+
+async def _use_indexes(driver: Any) -> None:
+    """Keep the layer's statements on their indexes for the life of ``driver``'s session.
+
+    Every statement of the layer finds its rows through an index. A plan made while the table
+    held a page of rows (after a VACUUM of an empty queue table, say) scans the whole table
+    instead, and asyncpg keeps each statement prepared, that plan with it, for as long as the
+    connection lives: a send then costs time in proportion to the backlog (measured: 0.33 ms
+    at 500 queued rows, 1.6 ms at 4,000). A SET rather than a startup parameter, which
+    PgBouncer and other proxies refuse unless told to ignore it; behind a transaction pooler
+    the setting belongs in ALTER ROLE or PgBouncer's connect_query (see the README).
+    """
+    await driver.execute("SET enable_seqscan = off")
 
 
 def _warn_if_slow(name: str, seconds: float) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.sql.base import Executable
 
 from channel_layer_pg import migrate, statements
 from channel_layer_pg.config import build_config
-from channel_layer_pg.database import create_engine
+from channel_layer_pg.database import StatementRunner, create_engine
 from tests.conftest import connect
 
 TABLES = ("channel_layer_pg_message", "channel_layer_pg_group_member")
@@ -70,21 +70,23 @@ async def test_hot_statements_use_indexes_on_a_table_recorded_as_empty(
     analyzed_empty_url: str, name: str
 ) -> None:
     statement, parameters = HOT_STATEMENTS[name]
-    # A connection opened as the layer opens its own.
-    engine, _ = create_engine(build_config({"url": analyzed_empty_url}), use_given_engine=False)
+    config = build_config({"url": analyzed_empty_url})
+    engine, owns_engine = create_engine(config, use_given_engine=False)
+    runner = StatementRunner(engine, config, owns_engine=owns_engine)
+    # A connection from the layer's own pool, set up as every one of them is.
+    held = await runner._connections.acquire()
     try:
-        async with engine.connect() as connection:
-            driver = (await connection.get_raw_connection()).driver_connection
-            compiled = statement.compile(dialect=engine.dialect)  # type: ignore[attr-defined]
-            arguments = [
-                parameters[key] if key in parameters else compiled.params[key]
-                for key in compiled.positiontup or ()
-            ]
-            async with driver.transaction():
-                plan = "\n".join(
-                    row[0] for row in await driver.fetch(f"EXPLAIN (COSTS OFF) {compiled}", *arguments)
-                )
+        compiled = statement.compile(dialect=engine.dialect)  # type: ignore[attr-defined]
+        arguments = [
+            parameters[key] if key in parameters else compiled.params[key]
+            for key in compiled.positiontup or ()
+        ]
+        async with held.driver.transaction():
+            rows = await held.driver.fetch(f"EXPLAIN (COSTS OFF) {compiled}", *arguments)
+        plan = "\n".join(row[0] for row in rows)
     finally:
+        await runner._connections.release(held)
+        await runner.close()
         await engine.dispose()
     scanned = [table for table in TABLES if f"Seq Scan on {table}" in plan]
     assert not scanned, f"{name} scans {scanned} whole:\n{plan}"
