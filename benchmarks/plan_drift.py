@@ -1,14 +1,15 @@
 """What a send and a claim cost as a queue grows, when their plans were made on an empty table.
 
-asyncpg keeps each statement prepared for the life of its connection, and PostgreSQL keeps the
-plan it made the first times the statement ran. Right after VACUUM ANALYZE of an empty message
-table, a plan scans the table whole unless sequential scans are off, as they are on the
-layer's own connections. An engine you pass in keeps the server's setting: the second column.
+asyncpg keeps each statement prepared for the life of its connection, and PostgreSQL keeps a
+plan with it. Right after VACUUM ANALYZE of an empty message table, a plan scans the table
+whole unless sequential scans are off, as they are on the layer's own connections (with
+plan_cache_mode = force_generic_plan, see channel_layer_pg/database.py). An engine you pass in
+keeps the server's settings: the second column.
 
     python benchmarks/plan_drift.py [--url URL] [--rows 4000]
 
-VACUUMs the layer's tables in --url (the bench database, not one in use) and removes the rows
-of its own prefix.
+Works in a database of its own, created on --url's server (the role needs CREATEDB), migrated,
+and dropped at the end, so that the table is really empty when the statements are planned.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import time
 from collections.abc import Callable
 
 import asyncpg
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from channel_layer_pg import PostgresChannelLayer
+from channel_layer_pg import PostgresChannelLayer, migrate
 from channel_layer_pg.config import asyncpg_url
 
 DEFAULT_URL = os.environ.get("CHANNEL_LAYER_PG_URL", "postgresql://postgres@127.0.0.1:5432/bench")
@@ -32,11 +34,11 @@ BLOCKS = 4
 
 
 async def fresh_tables(url: str) -> None:
-    """No rows under our prefix, and statistics that say the tables are as good as empty."""
+    """Empty tables, and statistics that say so."""
     connection = await asyncpg.connect(url)
     try:
-        await connection.execute("DELETE FROM channel_layer_pg_message WHERE prefix = $1", PREFIX)
         for table in ("channel_layer_pg_message", "channel_layer_pg_group_member"):
+            await connection.execute(f"DELETE FROM {table}")
             await connection.execute(f"VACUUM ANALYZE {table}")
     finally:
         await connection.close()
@@ -67,7 +69,20 @@ async def measure(url: str, rows: int, engine: AsyncEngine | None) -> tuple[list
     return sends, receives
 
 
-async def main(url: str, rows: int) -> None:
+async def main(server_url: str, rows: int) -> None:
+    name = f"clpg_plan_drift_{os.getpid()}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        migrate(url)
+        await compare(url, rows)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def compare(url: str, rows: int) -> None:
     own = await measure(url, rows, engine=None)
     # An application's engine, with the layer's synchronous_commit so that only the plans differ.
     engine = create_async_engine(
@@ -78,7 +93,7 @@ async def main(url: str, rows: int) -> None:
     finally:
         await engine.dispose()
     block = rows // BLOCKS
-    print(f"mean ms per call, after VACUUM ANALYZE of an empty table; {url}")
+    print(f"mean ms per call, after VACUUM ANALYZE of the empty tables of a new database on {url}")
     print(f"{'queued rows':>22} | {'layer connections':>17} | {'an engine you pass':>18}")
     for index in range(BLOCKS):
         low, high = index * block, (index + 1) * block
@@ -90,7 +105,9 @@ async def main(url: str, rows: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"default: {DEFAULT_URL}")
+    parser.add_argument(
+        "--url", default=DEFAULT_URL, help=f"a server to make a database on; default: {DEFAULT_URL}"
+    )
     parser.add_argument("--rows", type=int, default=4000, help="messages to queue, then receive")
     args = parser.parse_args()
     asyncio.run(main(args.url, args.rows))

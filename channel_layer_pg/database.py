@@ -192,7 +192,7 @@ class StatementRunner:
                 most=config.pool_size + config.max_overflow,
                 # Behind a transaction pooler a SET would stay with whichever server
                 # connection ran it, for other clients to inherit.
-                prepare=None if config.behind_pooler else _use_indexes,
+                prepare=None if config.behind_pooler else _plan_once_on_indexes,
             )
         else:
             # An application's engine: its pool is the application's to size and share, so
@@ -302,18 +302,26 @@ class StatementRunner:
         await self._connections.close(timeout=_CLOSE_GRACE)
 
 
-async def _use_indexes(driver: Any) -> None:
-    """Keep the layer's statements on their indexes for the life of ``driver``'s session.
+async def _plan_once_on_indexes(driver: Any) -> None:
+    """Have ``driver``'s session plan each statement once, on the indexes it is written for.
 
-    Every statement of the layer finds its rows through an index. A plan made while the table
-    held a page of rows (after a VACUUM of an empty queue table, say) scans the whole table
-    instead, and asyncpg keeps each statement prepared, that plan with it, for as long as the
-    connection lives: a send then costs time in proportion to the backlog (measured: 0.33 ms
-    at 500 queued rows, 1.6 ms at 4,000). A SET rather than a startup parameter, which
-    PgBouncer and other proxies refuse unless told to ignore it; behind a transaction pooler
-    the setting belongs in ALTER ROLE or PgBouncer's connect_query (see the README).
+    asyncpg keeps every statement prepared for the life of the connection, and PostgreSQL
+    keeps a plan with it. Two ways that went wrong, both measured:
+
+    - A plan made while the table held a page of rows (after a VACUUM of an empty queue
+      table, say) scanned the whole table: a send then cost time in proportion to the backlog
+      (0.33 ms at 500 queued rows, 1.6 ms at 4,000). With sequential scans off, every statement
+      has an index path; statements._unexpired keeps the expiry indexes out of reach too.
+    - Left to choose, PostgreSQL planned SEND and CLAIM_CHANNEL afresh on every call (their
+      expiry test has no statistics, so the generic plan looked dearer than a custom one):
+      0.66 ms a send instead of 0.36. A generic plan is made once, on first use.
+
+    SETs rather than startup parameters, which PgBouncer and other proxies refuse unless told
+    to ignore them. Behind a transaction pooler these would stay with whichever server
+    connection ran them, so there they belong in ALTER ROLE or PgBouncer's connect_query (see
+    the README).
     """
-    await driver.execute("SET enable_seqscan = off")
+    await driver.execute("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
 
 
 def _warn_if_slow(name: str, seconds: float) -> None:

@@ -20,6 +20,7 @@ from channel_layer_pg.database import StatementRunner, create_engine
 from tests.conftest import connect
 
 TABLES = ("channel_layer_pg_message", "channel_layer_pg_group_member")
+EXPIRY_INDEXES = ("channel_layer_pg_message_expires_idx", "channel_layer_pg_group_member_expires_idx")
 
 EXPIRY = timedelta(seconds=60)
 # Sample arguments for each statement on the hot path, as the layer binds them.
@@ -54,15 +55,60 @@ HOT_STATEMENTS: dict[str, tuple[Executable, dict[str, Any]]] = {
 
 @pytest.fixture
 async def analyzed_empty_url(empty_database_url: str) -> AsyncIterator[str]:
-    """A migrated database whose tables VACUUM ANALYZE has just recorded as empty."""
+    """A migrated database whose tables VACUUM ANALYZE has just recorded as empty, after use.
+
+    Rows were stored and deleted first, as delivered messages and left groups are: VACUUM
+    keeps the index pages they took, and the planner weighs an index scan by its pages.
+    """
     migrate(empty_database_url)
     admin = await connect(empty_database_url)
     try:
+        await admin.execute(
+            "INSERT INTO channel_layer_pg_message (prefix, queue, channel, expires_at, payload) "
+            "SELECT 'used', repeat('q', 100) || n, repeat('q', 100) || n, now() + interval '1 hour', '' "
+            "FROM generate_series(1, 20000) AS n"
+        )
+        await admin.execute(
+            "INSERT INTO channel_layer_pg_group_member (prefix, group_name, channel, expires_at) "
+            "SELECT 'used', 'group-' || n % 100, 'specific.' || n || '!x', now() "
+            "FROM generate_series(1, 20000) AS n"
+        )
+        for table in TABLES:
+            await admin.execute(f"DELETE FROM {table}")
+        # A short backlog in the queue the statements below look at, and members of their group.
+        await admin.execute(
+            "INSERT INTO channel_layer_pg_message (prefix, queue, channel, expires_at, payload) "
+            "SELECT 'p', 'q', 'q', now() + interval '1 hour', '' FROM generate_series(1, 100)"
+        )
+        await admin.execute(
+            "INSERT INTO channel_layer_pg_group_member (prefix, group_name, channel, expires_at) "
+            "SELECT 'p', 'g', 'member-' || n, now() + interval '1 hour' FROM generate_series(1, 100) AS n"
+        )
         for table in TABLES:
             await admin.execute(f"VACUUM ANALYZE {table}")
     finally:
         await admin.close()
     yield empty_database_url
+
+
+async def plan_of_prepared(driver: Any, sql: str, arguments: list[Any]) -> str:
+    """The plan ``sql`` runs with as a statement prepared on ``driver``'s session, as asyncpg
+    runs it: the cached plan the session's plan_cache_mode gives, not one made for these
+    arguments (which EXPLAIN with bound parameters would show)."""
+    await driver.execute(f"PREPARE planned AS {sql}")
+    try:
+        (types,) = await driver.fetchrow(
+            "SELECT parameter_types::text[] FROM pg_prepared_statements WHERE name = 'planned'"
+        )
+        # EXECUTE takes literals, not bound parameters: PostgreSQL quotes each argument.
+        literals = [
+            await driver.fetchval(f"SELECT quote_nullable(CAST($1 AS {type_}))", argument)
+            for type_, argument in zip(types, arguments, strict=True)
+        ]
+        rows = await driver.fetch(f"EXPLAIN (COSTS OFF) EXECUTE planned({', '.join(literals)})")
+        return "\n".join(row[0] for row in rows)
+    finally:
+        await driver.execute("DEALLOCATE planned")
 
 
 @pytest.mark.parametrize("name", HOT_STATEMENTS)
@@ -81,12 +127,16 @@ async def test_hot_statements_use_indexes_on_a_table_recorded_as_empty(
             parameters[key] if key in parameters else compiled.params[key]
             for key in compiled.positiontup or ()
         ]
-        async with held.driver.transaction():
-            rows = await held.driver.fetch(f"EXPLAIN (COSTS OFF) {compiled}", *arguments)
-        plan = "\n".join(row[0] for row in rows)
+        plan = await plan_of_prepared(held.driver, str(compiled), arguments)
     finally:
         await runner._connections.release(held)
         await runner.close()
         await engine.dispose()
+    # Planned once for the connection's life, not per call: the plan shows parameters, not values.
+    assert "$1" in plan, f"{name} is planned for each call's arguments:\n{plan}"
     scanned = [table for table in TABLES if f"Seq Scan on {table}" in plan]
     assert not scanned, f"{name} scans {scanned} whole:\n{plan}"
+    # An expiry index finds every unexpired row of every queue (or group), to be filtered and
+    # sorted: as slow as scanning the table.
+    by_expiry = [index for index in EXPIRY_INDEXES if f"using {index}" in plan]
+    assert not by_expiry, f"{name} reads its rows by expiry ({by_expiry}):\n{plan}"
