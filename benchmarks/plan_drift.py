@@ -2,9 +2,9 @@
 
 asyncpg keeps each statement prepared for the life of its connection, and PostgreSQL keeps a
 plan with it. Right after VACUUM ANALYZE of an empty message table, a plan scans the table
-whole unless sequential scans are off, as they are on the layer's own connections (with
-plan_cache_mode = force_generic_plan, see channel_layer_pg/database.py). An engine you pass in
-keeps the server's settings: the second column.
+whole unless sequential scans are off, as they are on the layer's own connections (see
+PLAN_SETTINGS in channel_layer_pg/database.py). An engine you pass in keeps the server's
+settings: the second column.
 
     python benchmarks/plan_drift.py [--url URL] [--rows 4000]
 

@@ -28,7 +28,6 @@ from .sendbatch import PendingSend, SendBatcher
 logger = logging.getLogger("channel_layer_pg")
 
 CLEANUP_INTERVAL = 30.0
-CLEANUP_BATCH = 1000
 
 
 class LoopBackend:
@@ -195,9 +194,9 @@ class LoopBackend:
         for statement in (statements.DELETE_EXPIRED_MESSAGES, statements.DELETE_LAPSED_MEMBERS):
             removed.append(0)
             while True:
-                count = await self.execute(statement, {"batch": CLEANUP_BATCH})
+                count = await self.execute(statement, {})
                 removed[-1] += count
-                if count < CLEANUP_BATCH:
+                if count < statements.CLEANUP_BATCH:
                     break
         messages, memberships = removed
         # Quiet when there was nothing to do: every process cleans every 30 s.

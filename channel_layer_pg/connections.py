@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -37,16 +36,11 @@ class Held:
         self.driver = driver
 
 
-# Run on each connection when it opens, before its first statement.
-Prepare = Callable[[Any], Awaitable[None]]
-
-
 class HeldConnections:
-    def __init__(self, engine: AsyncEngine, *, keep: int, most: int, prepare: Prepare | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, *, keep: int, most: int) -> None:
         self._engine = engine
         self._keep = keep
         self._most = most
-        self._prepare = prepare
         self._count = 0
         self._idle: list[Held] = []
         self._waiting: deque[asyncio.Future[Held | None]] = deque()
@@ -66,8 +60,6 @@ class HeldConnections:
                 try:
                     connection = await self._engine.connect()
                     raw = await connection.get_raw_connection()
-                    if self._prepare is not None:
-                        await self._prepare(raw.driver_connection)
                 except BaseException as exc:
                     self._count -= 1
                     if connection is not None:

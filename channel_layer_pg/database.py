@@ -59,6 +59,16 @@ SLOW_STATEMENT_SECONDS = 1.0
 MIGRATE_HINT = "python -m channel_layer_pg migrate --url URL  (or: alembic upgrade head)"
 
 
+# asyncpg keeps every statement prepared for the life of the connection, and PostgreSQL may keep
+# one plan with it. A plan made while the message table held a page of rows (after a VACUUM of
+# an empty queue table) scanned the whole table: a send cost 0.33 ms at 500 queued rows and
+# 1.6 ms at 4,000. With sequential scans off every statement has an index path (and
+# statements._unexpired keeps the expiry indexes out of reach). A startup parameter, not a
+# SET: a transaction pooler must refuse it (a SET would stay with its server connection, for
+# other clients), and does, until listen_url says the pooler is there.
+PLAN_SETTINGS = {"enable_seqscan": "off"}
+
+
 def create_engine(config: LayerConfig, *, use_given_engine: bool) -> tuple[AsyncEngine, bool]:
     """An autocommit engine for the layer, and whether the layer owns (and so disposes) it.
 
@@ -104,6 +114,8 @@ def _connect_args(config: LayerConfig, given: Mapping[str, Any], *, listen: bool
         "application_name": "channel_layer_pg",
         **connect_args.get("server_settings", {}),
     }
+    if not config.behind_pooler and not listen:
+        server_settings.update(PLAN_SETTINGS)
     if config.synchronous_commit is not None and not listen:
         # A commit that waits for its WAL flush costs a disk sync per message; see the README
         # on what synchronous_commit=off risks (the last fraction of a second of messages if
@@ -190,9 +202,6 @@ class StatementRunner:
                 engine,
                 keep=config.pool_size,
                 most=config.pool_size + config.max_overflow,
-                # Behind a transaction pooler a SET would stay with whichever server
-                # connection ran it, for other clients to inherit.
-                prepare=None if config.behind_pooler else _plan_once_on_indexes,
             )
         else:
             # An application's engine: its pool is the application's to size and share, so
@@ -302,28 +311,6 @@ class StatementRunner:
         await self._connections.close(timeout=_CLOSE_GRACE)
 
 
-async def _plan_once_on_indexes(driver: Any) -> None:
-    """Have ``driver``'s session plan each statement once, on the indexes it is written for.
-
-    asyncpg keeps every statement prepared for the life of the connection, and PostgreSQL
-    keeps a plan with it. Two ways that went wrong, both measured:
-
-    - A plan made while the table held a page of rows (after a VACUUM of an empty queue
-      table, say) scanned the whole table: a send then cost time in proportion to the backlog
-      (0.33 ms at 500 queued rows, 1.6 ms at 4,000). With sequential scans off, every statement
-      has an index path; statements._unexpired keeps the expiry indexes out of reach too.
-    - Left to choose, PostgreSQL planned SEND and CLAIM_CHANNEL afresh on every call (their
-      expiry test has no statistics, so the generic plan looked dearer than a custom one):
-      0.66 ms a send instead of 0.36. A generic plan is made once, on first use.
-
-    SETs rather than startup parameters, which PgBouncer and other proxies refuse unless told
-    to ignore them. Behind a transaction pooler these would stay with whichever server
-    connection ran them, so there they belong in ALTER ROLE or PgBouncer's connect_query (see
-    the README).
-    """
-    await driver.execute("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
-
-
 def _warn_if_slow(name: str, seconds: float) -> None:
     if seconds >= SLOW_STATEMENT_SECONDS:
         logger.warning("slow statement: %s took %.2f s", name, seconds)
@@ -395,8 +382,9 @@ def _refused(config: LayerConfig, reason: object) -> DatabaseUnreachableError:
 # What a user behind a transaction pooler has to do, named by every error that suggests one.
 _POOLER_HINT = (
     "if the URL points at a pooler in transaction mode (PgBouncer's pool_mode = transaction), "
-    "set listen_url to a direct PostgreSQL URL: the layer then leaves synchronous_commit to the "
-    "server and prepares no named statements"
+    "set listen_url to a direct PostgreSQL URL: the layer then leaves synchronous_commit and "
+    "enable_seqscan to the server and prepares no named statements (in session mode, "
+    "ignore_startup_parameters = synchronous_commit,enable_seqscan will do)"
 )
 
 

@@ -56,7 +56,9 @@ def _unexpired(expires_at: Any) -> Any:
     wants one queue's (or group's) rows, an expiry index finds every unexpired row of every
     queue, to be filtered and sorted; yet the planner picks it whenever its statistics make
     the table look small or the queue index look large (bloated by delivered messages), and
-    asyncpg keeps that plan for the connection's life. tests/test_plans.py builds such a table.
+    asyncpg keeps that plan for the connection's life. tests/test_plans.py builds such a table
+    (0.77-0.81 ms per receive of a backlog on a bench database in that state, 0.34-0.35 with
+    this).
     """
     return expires_at.op("+")(literal_column("interval '0'", Interval)) > _now
 
@@ -376,19 +378,21 @@ PING = select(
 FLUSH_MESSAGES = delete(message).where(message.c.prefix == _prefix)
 FLUSH_GROUPS = delete(group_member).where(group_member.c.prefix == _prefix)
 
-# Cleanup works in bounded batches so no statement holds many row locks or runs long.
+# Cleanup works in bounded batches so no statement holds many row locks or runs long. The batch
+# is written into the statement: a generic plan for LIMIT $1 (PostgreSQL's choice after five
+# runs) guesses a tenth of the expired rows, and a review measured it reading the whole table
+# for every batch after a mass expiry (91 ms a batch of 1,000).
+CLEANUP_BATCH = 1000
+_batch = literal_column(str(CLEANUP_BATCH), BigInteger)
 _expired_messages = (
-    select(message.c.id)
-    .where(message.c.expires_at <= _now)
-    .limit(bindparam("batch", type_=BigInteger))
-    .with_for_update(skip_locked=True)
+    select(message.c.id).where(message.c.expires_at <= _now).limit(_batch).with_for_update(skip_locked=True)
 )
 DELETE_EXPIRED_MESSAGES = delete(message).where(message.c.id.in_(_expired_messages))
 
 _lapsed_members = (
     select(group_member.c.prefix, group_member.c.group_name, group_member.c.channel)
     .where(group_member.c.expires_at <= _now)
-    .limit(bindparam("batch", type_=BigInteger))
+    .limit(_batch)
     .with_for_update(skip_locked=True)
     .subquery("lapsed")
 )

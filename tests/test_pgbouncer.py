@@ -228,19 +228,23 @@ async def test_the_listen_connection_goes_straight_to_postgresql(
 async def test_without_listen_url_pgbouncer_refuses_the_layer_with_an_error_naming_listen_url(
     make_layer: LayerFactory, pgbouncer: PgBouncer
 ) -> None:
-    # PgBouncer refuses the synchronous_commit startup parameter the layer sends by default.
+    # PgBouncer refuses the startup parameters the layer sends by default (synchronous_commit,
+    # enable_seqscan).
     layer = make_layer(url=pgbouncer.url)
     with pytest.raises(DatabaseUnreachableError, match="set listen_url to a direct PostgreSQL URL"):
         await layer.check()
 
 
+# What the layer sets at connection time unless listen_url says a transaction pooler is there.
+IGNORED_PARAMETERS = "synchronous_commit,enable_seqscan"
+
+
 @pytest.fixture
 def lenient_pgbouncer(database_url: str) -> Iterator[PgBouncer]:
-    """A PgBouncer that ignores synchronous_commit, as some deployments configure it."""
+    """A PgBouncer that ignores the layer's startup parameters, as some deployments configure it."""
     _require_pgbouncer()
-    with running_pgbouncer(
-        database_url, settings={"ignore_startup_parameters": "synchronous_commit"}
-    ) as bouncer:
+    settings = {"ignore_startup_parameters": IGNORED_PARAMETERS}
+    with running_pgbouncer(database_url, settings=settings) as bouncer:
         yield bouncer
 
 
@@ -257,10 +261,9 @@ async def test_without_listen_url_receives_through_pgbouncer_fail_naming_listen_
 async def test_in_session_mode_the_layer_works_through_pgbouncer_without_listen_url(
     make_layer: LayerFactory, database_url: str
 ) -> None:
-    # Configured as the README says: only synchronous_commit, a startup parameter, is ignored.
-    # The layer's other session setting (enable_seqscan) is a SET, which PgBouncer passes on.
+    # Configured as the README says: PgBouncer told to ignore the layer's startup parameters.
     _require_pgbouncer()
-    settings = {"pool_mode": "session", "ignore_startup_parameters": "synchronous_commit"}
+    settings = {"pool_mode": "session", "ignore_startup_parameters": IGNORED_PARAMETERS}
     with running_pgbouncer(database_url, settings=settings, pool_size=20) as bouncer:
         layer = make_layer(url=bouncer.url)
         await layer.check()
@@ -274,7 +277,7 @@ def forgetful_pgbouncer(database_url: str) -> Iterator[PgBouncer]:
     """A lenient PgBouncer that also discards its server connections' statements after every
     transaction, so that a named statement used a second time is always missing."""
     _require_pgbouncer()
-    settings = {"ignore_startup_parameters": "synchronous_commit", "server_reset_query_always": "1"}
+    settings = {"ignore_startup_parameters": IGNORED_PARAMETERS, "server_reset_query_always": "1"}
     with running_pgbouncer(database_url, settings=settings) as bouncer:
         yield bouncer
 
