@@ -28,6 +28,8 @@ from .sendbatch import PendingSend, SendBatcher
 logger = logging.getLogger("channel_layer_pg")
 
 CLEANUP_INTERVAL = 30.0
+# How long close() waits for claims still running to end, so it can put back what they claim.
+CLOSE_GRACE = 5.0
 
 
 class LoopBackend:
@@ -142,13 +144,56 @@ class LoopBackend:
             self._cleanup_task.cancel()
             await asyncio.gather(self._cleanup_task, return_exceptions=True)
         readers, self._readers = list(self._readers.values()), {}
-        await asyncio.gather(*(reader.close(exc) for reader in readers))
+        in_flight = await asyncio.gather(*(reader.close(exc) for reader in readers))
+        claims = [claim for claims in in_flight for claim in claims]
+        if claims:
+            _, unfinished = await asyncio.wait(claims, timeout=CLOSE_GRACE)
+            if unfinished:
+                logger.warning(
+                    "%d claims were still running %.0f s into close(); whatever they claim is lost",
+                    len(unfinished),
+                    CLOSE_GRACE,
+                )
+        await self._put_back_unreceived()
         await self._listener.close()
         await self._statements.close()
         if self._listen_engine is not None:
             await self._listen_engine.dispose()
         if self._owns_engine:
             await self.engine.dispose()
+
+    async def _put_back_unreceived(self) -> None:
+        """Return to the table the claimed messages of normal channels that no receive took.
+
+        Receivers in other processes may still want them; a message for one of this layer's
+        process-local channels has nobody else to go to, and stays behind with the layer.
+        """
+        rows = self._buffer.take_shared()
+        if not rows:
+            return
+        channels = [row.channel for row in rows]  # a normal channel is a queue of its own
+        queues = sorted(set(channels))
+        prefix = self._config.prefix
+        try:
+            await self.fetch(
+                statements.RESTORE,
+                {
+                    "prefix": prefix,
+                    "ids": [row.id for row in rows],
+                    "queues": channels,
+                    "channels": channels,
+                    "expires": [row.expires_at for row in rows],
+                    "payloads": [row.payload for row in rows],
+                    "topic_queues": queues,
+                    "topics": [topic_for(prefix, queue) for queue in queues],
+                },
+            )
+        except Exception as exc:
+            logger.warning(
+                "%d claimed messages no receive took are lost: putting them back failed: %s", len(rows), exc
+            )
+            return
+        logger.info("put %d claimed messages no receive took back in the table", len(rows))
 
     async def _claim(self, queue: str, channels: Sequence[str], limit: int) -> list[Claimed]:
         # A normal channel is a queue of its own, with no group rows to share out.

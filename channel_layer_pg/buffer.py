@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from .naming import non_local_name
+from .naming import is_process_local, non_local_name
 
 
 class Share:
@@ -106,6 +106,23 @@ class ClaimedBuffer:
         """Forget expired messages, also of channels nobody receives on any more; how many."""
         with self._lock:
             return self._drop_expired_locked()
+
+    def take_shared(self) -> list[Claimed]:
+        """Remove and return the unexpired rows of normal channels, in id order.
+
+        Other processes may receive on a normal channel, so a closing layer puts these back
+        in the table; the rest are for process-local channels that only this layer could
+        receive on.
+        """
+        now = datetime.now(timezone.utc)
+        taken: list[Claimed] = []
+        with self._lock:
+            for channel in [channel for channel in self._rows if not is_process_local(channel)]:
+                for row in self._rows.pop(channel):
+                    self._count(row, -1)
+                    if row.expires_at > now:
+                        taken.append(row)
+        return sorted(taken, key=lambda row: row.id)
 
     def clear(self) -> None:
         with self._lock:

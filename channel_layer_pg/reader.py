@@ -61,7 +61,7 @@ class QueueReader:
         # At most one claim per queue is in flight, the reader's or a receive's own, so rows
         # reach their receivers in id order even when a claimer is cancelled.
         self._inline_claim: asyncio.Future[Sequence[Claimed]] | None = None
-        self._reader_claiming = False
+        self._reader_claim: asyncio.Future[Sequence[Claimed]] | None = None
         self._closed_by: BaseException | None = None
         # Channels a claim found nothing for while LISTEN was in effect, with no NOTIFY (nor
         # anything else that calls wake()) since: claiming for them again would find nothing,
@@ -79,7 +79,7 @@ class QueueReader:
         if (
             not self._waiters
             and self._inline_claim is None
-            and not self._reader_claiming
+            and self._reader_claim is None
             and channel not in self._known_empty
         ):
             # Nobody else waits here: claim in this task rather than waking the reader task,
@@ -134,6 +134,13 @@ class QueueReader:
                 self.hand_back(row)
         self._inline_claim_ended()
 
+    def _reader_claim_orphaned(self, claim: asyncio.Future[Sequence[Claimed]]) -> None:
+        # The reader task was cancelled (close()): its waiters have failed, so the rows go
+        # to the buffer, from which the closing backend puts back what others can receive.
+        if not claim.cancelled() and claim.exception() is None:
+            self._dispatch(claim.result())
+        self._reader_claim = None
+
     def _inline_claim_ended(self) -> None:
         self._inline_claim = None
         # The reader holds back for waiters while an inline claim is in flight: their turn now.
@@ -170,12 +177,18 @@ class QueueReader:
                     waiter.set_exception(exc)
         self._waiters.clear()
 
-    async def close(self, exc: BaseException) -> None:
+    async def close(self, exc: BaseException) -> list[asyncio.Future[Sequence[Claimed]]]:
+        """Fail the waiters and stop the task; the claims still in flight.
+
+        Each of those hands its rows to the buffer when it ends: the caller waits for them
+        before it looks there for rows to put back.
+        """
         self._closed_by = exc
         self.fail_waiters(exc)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        return [claim for claim in (self._inline_claim, self._reader_claim) if claim is not None]
 
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
@@ -236,18 +249,21 @@ class QueueReader:
                     self._known_empty.clear()
                 continue
             wakes = self._wakes
-            self._reader_claiming = True
+            claim = asyncio.ensure_future(self._claim(self.queue, list(wanted), sum(wanted.values())))
+            self._reader_claim = claim
             try:
                 # Shielded: a claimed row exists only in this statement's result, so the
-                # statement must finish and its rows reach _dispatch even if we are cancelled.
-                rows = await asyncio.shield(self._claim(self.queue, list(wanted), sum(wanted.values())))
+                # statement must finish and its rows reach a receiver or the buffer even if
+                # we are cancelled.
+                rows = await asyncio.shield(claim)
             except asyncio.CancelledError:
+                claim.add_done_callback(self._reader_claim_orphaned)
                 raise
             except Exception as exc:
+                self._reader_claim = None
                 await self._outlast(exc)
                 continue
-            finally:
-                self._reader_claiming = False
+            self._reader_claim = None
             self._backoff = _BACKOFF_START
             if rows:
                 self._dispatch(rows)

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CompoundSelect,
+    DateTime,
     Interval,
     LargeBinary,
     Select,
@@ -220,18 +221,73 @@ def _build_send_many() -> Select[Any]:
         .returning(message.c.queue)
         .cte("inserted")
     )
+    return select(rows.c.ord, _notified(inserted.c.queue).label("notified"))
+
+
+def _notified(written_queue: Any) -> Any:
+    """NOTIFY the topic of each queue in ``written_queue`` once; how many were notified.
+
+    The topics come as parallel arrays ``topic_queues`` and ``topics`` (naming.topic_for):
+    hashing in Python costs less than in SQL, and only queues that got a row are woken.
+    """
     topics = (
         func.unnest(bindparam("topic_queues", type_=ARRAY(Text)), bindparam("topics", type_=ARRAY(Text)))
         .table_valued("queue", "topic")
         .render_derived(with_types=False)
         .alias("topic")
     )
-    woken = select(topics.c.topic).where(topics.c.queue.in_(select(inserted.c.queue))).subquery("woken")
-    notified = select(func.count(func.pg_notify(woken.c.topic, literal("")))).scalar_subquery()
-    return select(rows.c.ord, notified.label("notified"))
+    woken = select(topics.c.topic).where(topics.c.queue.in_(select(written_queue))).subquery("woken")
+    return select(func.count(func.pg_notify(woken.c.topic, literal("")))).scalar_subquery()
 
 
 SEND_MANY = _build_send_many()
+
+
+def _build_restore() -> Select[Any]:
+    """Put messages that were claimed but never received back, under their own ids.
+
+    A layer closing with such messages in hand (a claim that ended after its receiver was
+    cancelled) would otherwise lose them, though other processes could still receive them.
+    Their old ids put them back ahead of whatever was sent since, in their original order.
+    An id is never in the table twice, so restoring twice cannot deliver twice. Capacity is
+    not checked again: these messages were counted in it when they were sent.
+    """
+    restored = (
+        func.unnest(
+            bindparam("ids", type_=ARRAY(BigInteger)),
+            bindparam("queues", type_=ARRAY(Text)),
+            bindparam("channels", type_=ARRAY(Text)),
+            bindparam("expires", type_=ARRAY(DateTime(timezone=True))),
+            bindparam("payloads", type_=ARRAY(LargeBinary)),
+        )
+        .table_valued("id", "queue", "channel", "expires_at", "payload")
+        .render_derived(with_types=False)
+        .alias("restored")
+    )
+    inserted = (
+        pg_insert(message)
+        .from_select(
+            ["id", "prefix", "queue", "channel", "expires_at", "payload"],
+            select(
+                restored.c.id,
+                _prefix,
+                restored.c.queue,
+                restored.c.channel,
+                restored.c.expires_at,
+                restored.c.payload,
+            ),
+        )
+        .on_conflict_do_nothing(index_elements=[message.c.id])
+        .returning(message.c.queue)
+        .cte("inserted")
+    )
+    return select(
+        select(func.count()).select_from(inserted).scalar_subquery().label("restored"),
+        _notified(inserted.c.queue).label("notified"),
+    )
+
+
+RESTORE = _build_restore()
 
 
 def _build_claim() -> CompoundSelect[Any]:

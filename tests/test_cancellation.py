@@ -10,8 +10,9 @@ import pytest
 
 from channel_layer_pg import PostgresChannelLayer
 from channel_layer_pg.backend import LoopBackend
+from channel_layer_pg.errors import LayerClosedError
 from channel_layer_pg.reader import QueueReader
-from tests.helpers import TIMEOUT, LayerFactory, receive, signal_when_waiting
+from tests.helpers import TIMEOUT, LayerFactory, Sql, receive, signal_when_waiting
 
 
 async def test_a_cancelled_receive_leaves_the_message_for_the_next(layer: PostgresChannelLayer) -> None:
@@ -95,3 +96,104 @@ async def test_random_cancellations_under_traffic_lose_and_duplicate_nothing(
             got.append(message["n"])
     await sending
     assert got == list(range(total))
+
+
+# -- closing with messages in hand ------------------------------------------------------------
+# A message claimed for a receive that was then cancelled waits in the layer for the next
+# receive on its channel. If the layer closes first, another process must still get it.
+
+
+async def test_close_puts_back_a_claimed_message_no_receive_took(
+    make_layer: LayerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closing, other = make_layer(), make_layer()
+    await other.send("test.close-held", {"type": "first"})
+    await other.send("test.close-held", {"type": "second"})
+    receiving: asyncio.Task[Any] | None = None
+    claim = LoopBackend._claim
+
+    async def claim_then_cancel(self: LoopBackend, *args: Any) -> Any:
+        rows = await claim(self, *args)
+        assert receiving is not None
+        receiving.cancel()
+        return rows
+
+    monkeypatch.setattr(LoopBackend, "_claim", claim_then_cancel)
+    receiving = asyncio.create_task(closing.receive("test.close-held"))
+    await asyncio.gather(receiving, return_exceptions=True)
+    assert receiving.cancelled()
+    monkeypatch.undo()
+    assert (await closing.stats()).held_in_process == 1
+    await closing.close()
+    # Back under its old id, so still ahead of the message sent after it.
+    assert await receive(other, "test.close-held") == {"type": "first"}
+    assert await receive(other, "test.close-held") == {"type": "second"}
+
+
+async def test_close_waits_for_a_receive_s_claim_and_puts_back_its_message(
+    make_layer: LayerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closing, other = make_layer(), make_layer()
+    await other.send("test.close-inline", {"type": "kept"})
+    claiming, release = asyncio.Event(), asyncio.Event()
+    claim = LoopBackend._claim
+
+    async def held_claim(self: LoopBackend, *args: Any) -> Any:
+        claiming.set()
+        await release.wait()
+        return await claim(self, *args)
+
+    monkeypatch.setattr(LoopBackend, "_claim", held_claim)
+    receiving = asyncio.create_task(closing.receive("test.close-inline"))
+    await asyncio.wait_for(claiming.wait(), TIMEOUT)
+    receiving.cancel()  # the receive's own claim goes on without it
+    await asyncio.gather(receiving, return_exceptions=True)
+    close = asyncio.create_task(closing.close())
+    await asyncio.sleep(0)  # let close() start before the claim can end
+    release.set()
+    await asyncio.wait_for(close, TIMEOUT)
+    monkeypatch.undo()
+    assert await receive(other, "test.close-inline") == {"type": "kept"}
+
+
+async def test_close_waits_for_the_reader_s_claim_and_puts_back_its_message(
+    make_layer: LayerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closing, other = make_layer(), make_layer()
+    claiming, release = asyncio.Event(), asyncio.Event()
+    claim = LoopBackend._claim
+    claims = 0
+
+    async def second_claim_held(self: LoopBackend, *args: Any) -> Any:
+        # The first is the receive's own, which finds nothing; the second is the reader's.
+        nonlocal claims
+        claims += 1
+        if claims > 1:
+            claiming.set()
+            await release.wait()
+        return await claim(self, *args)
+
+    monkeypatch.setattr(LoopBackend, "_claim", second_claim_held)
+    receiving = asyncio.create_task(closing.receive("test.close-reader"))
+    await asyncio.wait_for(claiming.wait(), TIMEOUT)
+    await other.send("test.close-reader", {"type": "kept"})
+    close = asyncio.create_task(closing.close())
+    # Once the receive has failed, the reader was cancelled in the same step: the message
+    # its claim is about to find has no receiver left.
+    results = await asyncio.wait_for(asyncio.gather(receiving, return_exceptions=True), TIMEOUT)
+    assert isinstance(results[0], LayerClosedError)
+    release.set()
+    await asyncio.wait_for(close, TIMEOUT)
+    monkeypatch.undo()
+    assert await receive(other, "test.close-reader") == {"type": "kept"}
+
+
+async def test_close_leaves_process_local_messages_behind(
+    make_layer: LayerFactory, sql: Sql, prefix: str
+) -> None:
+    closing = make_layer()
+    channel = await closing.new_channel()
+    await closing.send(channel, {"type": "held in memory"})
+    await closing.close()
+    # Nobody else can ever receive on that channel: nothing goes to the table for it.
+    assert await sql("SELECT count(*) FROM channel_layer_pg_message WHERE prefix = $1", prefix) == [(0,)]
