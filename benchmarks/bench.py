@@ -28,6 +28,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_env import environment
+from bench_floors import floors
 from bench_layers import (
     CHANNELS_POSTGRES,
     OURS,
@@ -400,6 +401,11 @@ async def main_async(args: argparse.Namespace) -> int:
         print(line)
     print(f"counts: {describe_counts(counts)}", flush=True)
     started = time.monotonic()
+    try:
+        for line in await floors(services.pg_url):
+            print(line, flush=True)
+    except Exception as exc:
+        print(f"floors: not measured ({type(exc).__name__}: {one_line(exc)})", flush=True)
     layers, results, notes = await run_all(args.only, services, counts)
     print()
     print(table(layers, results))
