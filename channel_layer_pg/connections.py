@@ -62,10 +62,14 @@ class HeldConnections:
                     raw = await connection.get_raw_connection()
                 except BaseException as exc:
                     self._count -= 1
+                    make_do = bool(self._count) and _server_full(exc)
+                    if not make_do:
+                        # The slot is free for a waiter. Before the await below: a second
+                        # cancel there would skip anything after it, and leave them waiting.
+                        self._wake_one(None)
                     if connection is not None:
                         await _abandon(connection)
-                    if not (self._count and _server_full(exc)):
-                        self._wake_one(None)
+                    if not make_do:
                         raise
                     # The server has no connection to spare (max_connections, or the role's
                     # CONNECTION LIMIT): make do with the ones in use, and ask again later.
