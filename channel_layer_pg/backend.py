@@ -138,7 +138,12 @@ class LoopBackend:
             self._readers[queue] = reader
         return reader
 
-    async def close(self, exc: BaseException) -> None:
+    async def stop_receiving(self, exc: BaseException) -> None:
+        """First half of closing: end sends, cleanup and receives; wait for claims in flight.
+
+        A claim that ends now hands its rows to the buffer (its waiters have failed), where
+        the layer finds those that other processes could still receive and puts them back.
+        """
         await self._sends.drain()
         if self._cleanup_task is not None:
             self._cleanup_task.cancel()
@@ -154,7 +159,9 @@ class LoopBackend:
                     len(unfinished),
                     CLOSE_GRACE,
                 )
-        await self._put_back_unreceived()
+
+    async def release(self) -> None:
+        """Second half of closing: the listener, the pooled connections, the engines."""
         await self._listener.close()
         await self._statements.close()
         if self._listen_engine is not None:
@@ -162,38 +169,41 @@ class LoopBackend:
         if self._owns_engine:
             await self.engine.dispose()
 
-    async def _put_back_unreceived(self) -> None:
-        """Return to the table the claimed messages of normal channels that no receive took.
+    async def put_back(self, rows: Sequence[Claimed]) -> None:
+        """Return claimed messages of normal channels that no receive took to the table.
 
-        Receivers in other processes may still want them; a message for one of this layer's
-        process-local channels has nobody else to go to, and stays behind with the layer.
+        Receivers in other processes may still want them. Bounded by CLOSE_GRACE: a lock held
+        on the table (a migration, VACUUM FULL) must not hold up close() for its duration.
         """
-        rows = self._buffer.take_shared()
-        if not rows:
-            return
         channels = [row.channel for row in rows]  # a normal channel is a queue of its own
         queues = sorted(set(channels))
         prefix = self._config.prefix
+        parameters = {
+            "prefix": prefix,
+            "ids": [row.id for row in rows],
+            "queues": channels,
+            "channels": channels,
+            "expires": [row.expires_at for row in rows],
+            "payloads": [row.payload for row in rows],
+            "topic_queues": queues,
+            "topics": [topic_for(prefix, queue) for queue in queues],
+        }
         try:
-            await self.fetch(
-                statements.RESTORE,
-                {
-                    "prefix": prefix,
-                    "ids": [row.id for row in rows],
-                    "queues": channels,
-                    "channels": channels,
-                    "expires": [row.expires_at for row in rows],
-                    "payloads": [row.payload for row in rows],
-                    "topic_queues": queues,
-                    "topics": [topic_for(prefix, queue) for queue in queues],
-                },
+            # Unshielded, so the timeout cancels the statement itself: asyncpg asks the server
+            # to cancel it, and it inserts nothing (or, finishing first, all of it). Never twice.
+            await asyncio.wait_for(
+                self._statements.fetch(statements.RESTORE, parameters, in_own_task=True), CLOSE_GRACE
             )
+        except asyncio.TimeoutError:
+            reason = f"it took over {CLOSE_GRACE:g} s (a lock held on channel_layer_pg_message?)"
         except Exception as exc:
-            logger.warning(
-                "%d claimed messages no receive took are lost: putting them back failed: %s", len(rows), exc
-            )
+            reason = str(exc)
+        else:
+            logger.info("put %d claimed messages no receive took back in the table", len(rows))
             return
-        logger.info("put %d claimed messages no receive took back in the table", len(rows))
+        logger.warning(
+            "%d claimed messages no receive took are lost: putting them back failed: %s", len(rows), reason
+        )
 
     async def _claim(self, queue: str, channels: Sequence[str], limit: int) -> list[Claimed]:
         # A normal channel is a queue of its own, with no group rows to share out.

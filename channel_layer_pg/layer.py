@@ -32,6 +32,14 @@ Operation = Callable[[LoopBackend], Coroutine[Any, Any, T]]
 logger = logging.getLogger("channel_layer_pg")
 
 
+async def _on_loop(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run ``coroutine`` on ``loop`` (the caller's or another thread's) and wait for it."""
+    if loop is asyncio.get_running_loop():
+        await coroutine
+    else:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
+
+
 class PostgresChannelLayer:
     """A channel layer whose messages and groups live in PostgreSQL tables.
 
@@ -282,15 +290,25 @@ class PostgresChannelLayer:
         self._closed = True
         self._drops.flush()
         error = LayerClosedError("the channel layer was closed")
-        current = asyncio.get_running_loop()
-        backends = self._backends()
+        # A loop that is no longer running took its connections with it.
+        backends = [(loop, backend) for loop, backend in self._backends() if loop.is_running()]
         self._home, self._io_backend = None, None
         for loop, backend in backends:
-            if loop is current:
-                await backend.close(error)
-            elif loop.is_running():
-                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(backend.close(error), loop))
-            # A loop that is no longer running took its connections with it.
+            await _on_loop(loop, backend.stop_receiving(error))
+        # Only now, with no receive left on any loop: what their claims left in the buffer
+        # for a normal channel goes back to the table, for other processes to receive.
+        unreceived = self._buffer.take_shared()
+        if unreceived and backends:
+            loop, backend = backends[0]
+            await _on_loop(loop, backend.put_back(unreceived))
+        elif unreceived:
+            logger.warning(
+                "%d claimed messages no receive took are lost: no event loop of this layer is "
+                "running to put them back in the table",
+                len(unreceived),
+            )
+        for loop, backend in backends:
+            await _on_loop(loop, backend.release())
         await self._io.stop()
 
     # -- routing to the backend of the calling event loop -----------------------------------

@@ -115,8 +115,13 @@ class QueueReader:
             rows = await asyncio.shield(claim)
         except asyncio.CancelledError:
             # The claim stays "in flight" until its rows are handed back, so that no other
-            # claim overtakes them.
-            claim.add_done_callback(self._inline_claim_orphaned)
+            # claim overtakes them. Ended already (the cancel came as its result did): hand
+            # them back now rather than a turn of the loop later, when close() may have
+            # looked in the buffer for the last time.
+            if claim.done():
+                self._inline_claim_orphaned(claim)
+            else:
+                claim.add_done_callback(self._inline_claim_orphaned)
             raise
         except Exception:
             # The reader's round handles failures (riding out an outage, or failing the

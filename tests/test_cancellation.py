@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from typing import Any
 
 import pytest
 
 from channel_layer_pg import PostgresChannelLayer
+from channel_layer_pg import backend as backend_module
 from channel_layer_pg.backend import LoopBackend
 from channel_layer_pg.errors import LayerClosedError
 from channel_layer_pg.reader import QueueReader
+from tests.conftest import connect
 from tests.helpers import TIMEOUT, LayerFactory, Sql, receive, signal_when_waiting
 
 
@@ -164,14 +167,19 @@ async def test_close_waits_for_the_reader_s_claim_and_puts_back_its_message(
     claim = LoopBackend._claim
     claims = 0
 
+    held_claim_found: list[Any] = []
+
     async def second_claim_held(self: LoopBackend, *args: Any) -> Any:
         # The first is the receive's own, which finds nothing; the second is the reader's.
         nonlocal claims
         claims += 1
-        if claims > 1:
-            claiming.set()
-            await release.wait()
-        return await claim(self, *args)
+        if claims == 1:
+            return await claim(self, *args)
+        claiming.set()
+        await release.wait()
+        rows = await claim(self, *args)
+        held_claim_found.extend(rows)
+        return rows
 
     monkeypatch.setattr(LoopBackend, "_claim", second_claim_held)
     receiving = asyncio.create_task(closing.receive("test.close-reader"))
@@ -185,7 +193,41 @@ async def test_close_waits_for_the_reader_s_claim_and_puts_back_its_message(
     release.set()
     await asyncio.wait_for(close, TIMEOUT)
     monkeypatch.undo()
+    # The held claim itself took the message (close() waited for it), and put it back.
+    assert [row.channel for row in held_claim_found] == ["test.close-reader"]
     assert await receive(other, "test.close-reader") == {"type": "kept"}
+
+
+async def test_close_gives_up_putting_messages_back_when_the_table_stays_locked(
+    make_layer: LayerFactory,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    closing = make_layer()
+    await closing.send("test.close-locked", {"type": "held"})
+    receiving: asyncio.Task[Any] | None = None
+    claim = LoopBackend._claim
+
+    async def claim_then_cancel(self: LoopBackend, *args: Any) -> Any:
+        rows = await claim(self, *args)
+        assert receiving is not None
+        receiving.cancel()
+        return rows
+
+    monkeypatch.setattr(LoopBackend, "_claim", claim_then_cancel)
+    receiving = asyncio.create_task(closing.receive("test.close-locked"))
+    await asyncio.gather(receiving, return_exceptions=True)
+    monkeypatch.setattr(backend_module, "CLOSE_GRACE", 0.5)
+    locker = await connect(database_url)
+    try:
+        # What a migration or VACUUM FULL would hold: inserts wait for it.
+        await locker.execute("BEGIN; LOCK TABLE channel_layer_pg_message IN SHARE MODE")
+        with caplog.at_level(logging.WARNING, logger="channel_layer_pg"):
+            await asyncio.wait_for(closing.close(), TIMEOUT)
+    finally:
+        await locker.close()
+    assert "1 claimed messages no receive took are lost" in caplog.text
 
 
 async def test_close_leaves_process_local_messages_behind(
