@@ -268,4 +268,4 @@ class LoopBackend:
         """Make this loop's reader of ``queue``, if any, look at the shared buffer again."""
         reader = self._readers.get(queue)
         if reader is not None:
-            reader.wake()
+            reader.serve_buffered()

@@ -169,6 +169,16 @@ class QueueReader:
         if self._waiters:
             self._wakeup.set()
 
+    def serve_buffered(self) -> None:
+        """Rows for this queue were put in the shared buffer: hand them to waiting receives.
+
+        Unlike wake(), this says nothing about the table, so channels a claim found empty there
+        stay known to be empty: a group_send to a process's own local channels, delivered in
+        memory, would otherwise cost a claim that finds nothing.
+        """
+        if self._waiters:
+            self._wakeup.set()
+
     def _note_empty(self, channels: Sequence[str], wakes: int, listening: bool) -> None:
         # Only if LISTEN was in effect before the claim began and no wake came meanwhile: a
         # message committed after the claim's snapshot then always brings a NOTIFY later.

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from channel_layer_pg import PostgresChannelLayer
+from channel_layer_pg.backend import LoopBackend
 from channel_layer_pg.reader import POLL_INTERVAL
 from tests.helpers import TIMEOUT, LayerFactory, Sql, nothing_arrives, receive, signal_when_waiting
 
@@ -141,3 +143,39 @@ async def test_a_group_send_wakes_a_waiting_receiver_elsewhere_without_waiting_f
     await sender.group_send("room", {"type": "woken"})
     # Well under the readers' 5 s poll: only the NOTIFY (its topic named in SQL) can do it.
     assert await asyncio.wait_for(receiving, POLL_INTERVAL / 2) == {"type": "woken"}
+
+
+async def test_a_group_send_delivered_in_memory_costs_no_claim(
+    layer: PostgresChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A member of this layer gets the message in memory; the table is unchanged, so another
+    # receive of this process, which the table was found empty for, need not look there again.
+    member, bystander = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("test.memory", member)
+    claim = LoopBackend._claim
+    both_found_empty, claimed_after = asyncio.Event(), asyncio.Event()
+    found_empty: set[str] = set()
+
+    async def watched_claim(self: LoopBackend, queue: str, channels: Any, limit: int) -> Any:
+        if both_found_empty.is_set():
+            claimed_after.set()
+        rows = await claim(self, queue, channels, limit)
+        if not rows:
+            found_empty.update(channels)
+            if found_empty >= {member, bystander}:
+                both_found_empty.set()
+        return rows
+
+    monkeypatch.setattr(LoopBackend, "_claim", watched_claim)
+    receiving = asyncio.create_task(layer.receive(member))
+    waiting = asyncio.create_task(layer.receive(bystander))
+    try:
+        await asyncio.wait_for(both_found_empty.wait(), TIMEOUT)
+        await layer.group_send("test.memory", {"type": "in memory"})
+        assert await asyncio.wait_for(receiving, TIMEOUT) == {"type": "in memory"}
+        # Proving absence needs a bound: a claim would follow the delivery at once.
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(claimed_after.wait(), 0.5)
+    finally:
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
