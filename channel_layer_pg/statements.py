@@ -84,13 +84,22 @@ def _id_span(queue: Any, *, correlate: Any = None) -> Any:
     """An upper bound on the rows ``queue`` holds, from two index lookups: 0 if it is empty.
 
     Ids only grow, so a queue holds at most as many rows as there are ids from its oldest row
-    to the newest row of the whole table.
+    to the newest row of the whole table. The newest is looked up only if the queue has a
+    row: the primary key's newest entries are mostly rows already received, dead until
+    VACUUM, and finding the newest live row walks back over all of them (seen here: a send
+    to an empty queue behind 50,000 such rows, 0.47 ms with the lookup, 0.36 ms without).
     """
-    oldest = select(func.min(message.c.id)).where(message.c.prefix == _prefix, message.c.queue == queue)
+    oldest_row = select(func.min(message.c.id).label("id")).where(
+        message.c.prefix == _prefix, message.c.queue == queue
+    )
     if correlate is not None:
-        oldest = oldest.correlate(correlate)
+        oldest_row = oldest_row.correlate(correlate)
+    oldest = oldest_row.subquery("oldest")
     newest = select(func.max(message.c.id)).scalar_subquery()
-    return func.coalesce(newest - oldest.scalar_subquery() + 1, 0)
+    span = select(case((oldest.c.id.is_(None), literal_column("0")), else_=newest - oldest.c.id + 1))
+    if correlate is not None:
+        span = span.correlate(correlate)
+    return span.scalar_subquery()
 
 
 def _has_room(queue: Any, capacity: Any, taken: Any = 1, *, correlate: Any = None) -> Any:
@@ -505,8 +514,10 @@ def _build_group_send() -> TextClause:
     )
     # The same test as _has_room: the id span settles it unless the queue's oldest row is old.
     id_span = (
-        "coalesce((SELECT max(id) FROM channel_layer_pg_message) - (SELECT min(m.id) FROM "
-        f"channel_layer_pg_message m WHERE m.prefix = {prefix} AND m.queue = t.queue) + 1, 0)"
+        "(SELECT CASE WHEN oldest.id IS NULL THEN 0 "
+        "ELSE (SELECT max(id) FROM channel_layer_pg_message) - oldest.id + 1 END "
+        "FROM (SELECT min(m.id) AS id FROM channel_layer_pg_message m "
+        f"WHERE m.prefix = {prefix} AND m.queue = t.queue) AS oldest)"
     )
     sql = f"""
 WITH members AS (
