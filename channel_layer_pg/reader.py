@@ -68,6 +68,9 @@ class QueueReader:
         # so a receive on one of them just waits. A consumer that keeps up then costs one
         # claim per message instead of two (the empty one, and the one after the NOTIFY).
         self._known_empty: set[str] = set()
+        # When the poll forgets them (loop time), counted from the first: wake-ups that only
+        # concern the buffer come and go without touching the table, and must not put it off.
+        self._known_empty_until = 0.0
         self._wakes = 0  # counts wake() calls, to tell whether one came during a claim
         self._listening = False
 
@@ -161,7 +164,7 @@ class QueueReader:
             self._on_buffered(self.queue)
 
     def wake(self) -> None:
-        """Something may have arrived (a NOTIFY, a reconnect, rows handed back): look again."""
+        """The table may hold something new (a NOTIFY came, or the listener reconnected): look."""
         self._wakes += 1
         self._known_empty.clear()
         # With nobody waiting there is nothing to claim for: the next receive looks at the
@@ -183,6 +186,8 @@ class QueueReader:
         # Only if LISTEN was in effect before the claim began and no wake came meanwhile: a
         # message committed after the claim's snapshot then always brings a NOTIFY later.
         if listening and self._listening and wakes == self._wakes:
+            if not self._known_empty:
+                self._known_empty_until = asyncio.get_running_loop().time() + POLL_INTERVAL
             self._known_empty.update(channels)
 
     def fail_waiters(self, exc: BaseException) -> None:
@@ -259,8 +264,10 @@ class QueueReader:
             }
             if not wanted:
                 # Nothing to claim until a wake says otherwise; the poll is the net under a
-                # wake-up lost with a dropped connection.
-                if not await self._wakeup.wait(POLL_INTERVAL):
+                # wake-up lost with a dropped connection, or a row skipped while another claim
+                # held it (which brings no NOTIFY when that claim leaves it).
+                remaining = self._known_empty_until - asyncio.get_running_loop().time()
+                if remaining <= 0 or not await self._wakeup.wait(remaining):
                     self._known_empty.clear()
                 continue
             wakes = self._wakes

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 import pytest
 
 from channel_layer_pg import ChannelFull, PostgresChannelLayer
+from channel_layer_pg import reader as reader_module
+from channel_layer_pg.reader import QueueReader
+from tests.conftest import connect
 from tests.helpers import TIMEOUT, LayerFactory, receive
 
 
@@ -65,3 +69,45 @@ async def test_many_waiting_local_receivers_all_get_their_message(layer: Postgre
         await layer.send(channel, {"type": "n", "n": n})
     got = await asyncio.wait_for(asyncio.gather(*waiting), TIMEOUT)
     assert [message["n"] for message in got] == list(range(100))
+
+
+async def test_the_poll_finds_a_row_skipped_while_locked_despite_traffic_in_memory(
+    make_layer: LayerFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A claim skips a row another session holds locked; when that lock goes, no NOTIFY says
+    # so, and only the poll looks again. Messages this layer delivers in memory to its other
+    # local channels keep waking the reader meanwhile: they must not keep putting the poll off.
+    monkeypatch.setattr(reader_module, "POLL_INTERVAL", 0.5)
+    layer, other = make_layer(), make_layer()
+    skipped, busy = await layer.new_channel(), await layer.new_channel()
+    await other.send(skipped, {"type": "was locked"})
+    found_empty = asyncio.Event()
+    note_empty = QueueReader._note_empty
+
+    def noting_empty(self: QueueReader, channels: Any, wakes: int, listening: bool) -> None:
+        note_empty(self, channels, wakes, listening)
+        if skipped in self._known_empty:
+            found_empty.set()
+
+    monkeypatch.setattr(QueueReader, "_note_empty", noting_empty)
+    locker = await connect(database_url)
+    try:
+        await locker.execute("BEGIN")
+        await locker.execute("SELECT id FROM channel_layer_pg_message WHERE channel = $1 FOR UPDATE", skipped)
+        receiving = asyncio.create_task(layer.receive(skipped))
+        await asyncio.wait_for(found_empty.wait(), TIMEOUT)
+    finally:
+        await locker.close()  # the lock goes, and nothing tells the reader
+
+    async def traffic() -> None:
+        while True:
+            await layer.send(busy, {"type": "in memory"})
+            await receive(layer, busy)
+            await asyncio.sleep(0.05)
+
+    chatter = asyncio.create_task(traffic())
+    try:
+        assert await asyncio.wait_for(receiving, TIMEOUT) == {"type": "was locked"}
+    finally:
+        chatter.cancel()
+        await asyncio.gather(chatter, return_exceptions=True)
