@@ -396,16 +396,18 @@ def describe_counts(counts: Counts) -> str:
 async def main_async(args: argparse.Namespace) -> int:
     services = Services(args.url, args.redis)
     counts = Counts.quick() if args.quick else Counts.default()
-    print(f"command: {shlex.join(sys.orig_argv)}")
+    print(f"command: {shlex.join(sys.orig_argv)}", flush=True)
+    # Before environment(), whose --vacuum then clears the dead rows the floors leave behind.
+    try:
+        floor_lines = await floors(services.pg_url)
+    except Exception as exc:
+        floor_lines = [f"floors: not measured ({type(exc).__name__}: {one_line(exc)})"]
     for line in await environment(services, vacuum=args.vacuum):
         print(line)
-    print(f"counts: {describe_counts(counts)}", flush=True)
+    print(f"counts: {describe_counts(counts)}")
+    for line in floor_lines:
+        print(line, flush=True)
     started = time.monotonic()
-    try:
-        for line in await floors(services.pg_url):
-            print(line, flush=True)
-    except Exception as exc:
-        print(f"floors: not measured ({type(exc).__name__}: {one_line(exc)})", flush=True)
     layers, results, notes = await run_all(args.only, services, counts)
     print()
     print(table(layers, results))
