@@ -62,6 +62,7 @@ class HeldConnections:
                     raw = await connection.get_raw_connection()
                 except BaseException as exc:
                     self._count -= 1
+                    self._note_returned()  # a close() may be waiting for this one
                     make_do = bool(self._count) and _server_full(exc)
                     if not make_do:
                         # The slot is free for a waiter. Before the await below: a second

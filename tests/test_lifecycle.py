@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from channel_layer_pg import LayerClosedError, PostgresChannelLayer
+from channel_layer_pg import LayerClosedError, PostgresChannelLayer, database
 from tests.helpers import TIMEOUT, LayerFactory
 
 
@@ -68,3 +68,35 @@ async def test_group_discard_after_close_is_a_no_op(make_layer: LayerFactory) ->
     await layer.group_add("room", "test.member")
     await layer.close()
     await layer.group_discard("room", "test.member")  # a consumer disconnecting after shutdown
+
+
+async def test_close_waits_for_a_failing_connection_attempt_only_until_it_fails(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server that accepts connections and never answers: each attempt fails after
+    # connect_timeout. close() waits for connections in use, up to a grace period made
+    # longer here than the test's bound: it must stop waiting once the attempt has failed.
+    monkeypatch.setattr(database, "_CLOSE_GRACE", 60.0)
+    accepted = asyncio.Event()
+    held: list[asyncio.StreamWriter] = []
+
+    def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        accepted.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    layer = PostgresChannelLayer(
+        url=f"postgresql://postgres@127.0.0.1:{port}/x", prefix=prefix, connect_timeout=1
+    )
+    sending = asyncio.create_task(layer.send("test.silent", {"type": "x"}))
+    try:
+        await asyncio.wait_for(accepted.wait(), TIMEOUT)
+        await asyncio.wait_for(layer.close(), TIMEOUT)
+    finally:
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
