@@ -92,8 +92,12 @@ async def analyzed_empty_url(empty_database_url: str) -> AsyncIterator[str]:
     yield empty_database_url
 
 
-async def plan_of_prepared(driver: Any, sql: str, arguments: list[Any]) -> str:
-    """The generic plan of ``sql`` prepared on ``driver``'s session, as asyncpg prepares it."""
+async def plan_of_prepared(driver: Any, sql: str, arguments: list[Any], *, analyze: bool = False) -> str:
+    """The generic plan of ``sql`` prepared on ``driver``'s session, as asyncpg prepares it.
+
+    ``analyze`` runs it too (EXPLAIN ANALYZE), to show which parts of the plan ran: the
+    caller rolls back what it changed.
+    """
     # The plan PostgreSQL switches to after five calls, made once for any arguments: the one
     # a connection keeps, and the one that can be wrong for arguments it did not see.
     await driver.execute("SET plan_cache_mode = force_generic_plan")
@@ -107,7 +111,8 @@ async def plan_of_prepared(driver: Any, sql: str, arguments: list[Any]) -> str:
             await driver.fetchval(f"SELECT quote_nullable(CAST($1 AS {type_}))", argument)
             for type_, argument in zip(types, arguments, strict=True)
         ]
-        rows = await driver.fetch(f"EXPLAIN (COSTS OFF) EXECUTE planned({', '.join(literals)})")
+        options = "ANALYZE, TIMING OFF, COSTS OFF" if analyze else "COSTS OFF"
+        rows = await driver.fetch(f"EXPLAIN ({options}) EXECUTE planned({', '.join(literals)})")
         return "\n".join(row[0] for row in rows)
     finally:
         await driver.execute("DEALLOCATE planned")
@@ -141,3 +146,32 @@ async def test_hot_statements_use_indexes_on_a_table_recorded_as_empty(
     # The prefix is the first column of every index a statement should use: a prefix in a
     # Filter means some index (the primary key, in id order) is walked from end to end.
     assert "Filter: ((prefix" not in plan, f"{name} walks an index, filtering by prefix:\n{plan}"
+
+
+@pytest.mark.parametrize(("queue", "looked_up"), [("empty", False), ("q", True)])
+async def test_a_send_looks_up_the_newest_id_only_for_a_queue_with_rows(
+    analyzed_empty_url: str, queue: str, looked_up: bool
+) -> None:
+    # The newest ids are mostly rows already received, dead until VACUUM, and the lookup walks
+    # back over them; a queue with no row has room whatever the newest id is.
+    statement, parameters = HOT_STATEMENTS["SEND"]
+    engine, _ = create_engine(build_config({"url": analyzed_empty_url}), use_given_engine=False)
+    try:
+        connection = await engine.connect()
+        driver = (await connection.get_raw_connection()).driver_connection
+        compiled = statement.compile(dialect=engine.dialect)  # type: ignore[attr-defined]
+        bound = {**parameters, "queue": queue, "channel": queue}
+        arguments = [
+            bound[key] if key in bound else compiled.params[key] for key in compiled.positiontup or ()
+        ]
+        transaction = driver.transaction()
+        await transaction.start()
+        try:
+            plan = await plan_of_prepared(driver, str(compiled), arguments, analyze=True)
+        finally:
+            await transaction.rollback()
+        await connection.close()
+    finally:
+        await engine.dispose()
+    (newest,) = [line for line in plan.splitlines() if "Backward using channel_layer_pg_message_pkey" in line]
+    assert ("never executed" not in newest) is looked_up, plan
