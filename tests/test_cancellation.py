@@ -32,20 +32,7 @@ async def test_a_message_claimed_for_a_receive_cancelled_meanwhile_is_kept(
 ) -> None:
     await layer.send("test.claim-race", {"type": "first"})
     await layer.send("test.claim-race", {"type": "second"})
-    receiving: asyncio.Task[Any] | None = None
-    claim = LoopBackend._claim
-
-    async def claim_then_cancel(self: LoopBackend, *args: Any) -> Any:
-        rows = await claim(self, *args)
-        assert receiving is not None
-        receiving.cancel()  # the rows are claimed; their receiver is gone
-        return rows
-
-    monkeypatch.setattr(LoopBackend, "_claim", claim_then_cancel)
-    receiving = asyncio.create_task(layer.receive("test.claim-race"))
-    await asyncio.gather(receiving, return_exceptions=True)
-    assert receiving.cancelled()
-    monkeypatch.undo()
+    await receive_cancelled_after_its_claim(layer, "test.claim-race", monkeypatch)
     assert await receive(layer, "test.claim-race") == {"type": "first"}
     assert await receive(layer, "test.claim-race") == {"type": "second"}
 
@@ -112,20 +99,7 @@ async def test_close_puts_back_a_claimed_message_no_receive_took(
     closing, other = make_layer(), make_layer()
     await other.send("test.close-held", {"type": "first"})
     await other.send("test.close-held", {"type": "second"})
-    receiving: asyncio.Task[Any] | None = None
-    claim = LoopBackend._claim
-
-    async def claim_then_cancel(self: LoopBackend, *args: Any) -> Any:
-        rows = await claim(self, *args)
-        assert receiving is not None
-        receiving.cancel()
-        return rows
-
-    monkeypatch.setattr(LoopBackend, "_claim", claim_then_cancel)
-    receiving = asyncio.create_task(closing.receive("test.close-held"))
-    await asyncio.gather(receiving, return_exceptions=True)
-    assert receiving.cancelled()
-    monkeypatch.undo()
+    await receive_cancelled_after_its_claim(closing, "test.close-held", monkeypatch)
     assert (await closing.stats()).held_in_process == 1
     await closing.close()
     # Back under its old id, so still ahead of the message sent after it.
@@ -206,18 +180,7 @@ async def test_close_gives_up_putting_messages_back_when_the_table_stays_locked(
 ) -> None:
     closing = make_layer()
     await closing.send("test.close-locked", {"type": "held"})
-    receiving: asyncio.Task[Any] | None = None
-    claim = LoopBackend._claim
-
-    async def claim_then_cancel(self: LoopBackend, *args: Any) -> Any:
-        rows = await claim(self, *args)
-        assert receiving is not None
-        receiving.cancel()
-        return rows
-
-    monkeypatch.setattr(LoopBackend, "_claim", claim_then_cancel)
-    receiving = asyncio.create_task(closing.receive("test.close-locked"))
-    await asyncio.gather(receiving, return_exceptions=True)
+    await receive_cancelled_after_its_claim(closing, "test.close-locked", monkeypatch)
     monkeypatch.setattr(backend_module, "CLOSE_GRACE", 0.5)
     locker = await connect(database_url)
     try:
@@ -239,3 +202,25 @@ async def test_close_leaves_process_local_messages_behind(
     await closing.close()
     # Nobody else can ever receive on that channel: nothing goes to the table for it.
     assert await sql("SELECT count(*) FROM channel_layer_pg_message WHERE prefix = $1", prefix) == [(0,)]
+
+
+async def receive_cancelled_after_its_claim(
+    layer: PostgresChannelLayer, channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receive on ``channel`` cancelled as its claim returns: the layer keeps the message."""
+    receiving: asyncio.Task[Any] | None = None
+    claim = LoopBackend._claim
+
+    async def claim_then_cancel(self: LoopBackend, *args: Any) -> Any:
+        rows = await claim(self, *args)
+        assert receiving is not None
+        receiving.cancel()  # the rows are claimed; their receiver is gone
+        return rows
+
+    monkeypatch.setattr(LoopBackend, "_claim", claim_then_cancel)
+    try:
+        receiving = asyncio.create_task(layer.receive(channel))
+        await asyncio.gather(receiving, return_exceptions=True)
+    finally:
+        monkeypatch.setattr(LoopBackend, "_claim", claim)
+    assert receiving.cancelled()
