@@ -18,6 +18,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .errors import LayerClosedError
+
 logger = logging.getLogger("channel_layer_pg")
 
 # After the server refused a connection for want of slots, how long to make do with those open.
@@ -51,6 +53,10 @@ class HeldConnections:
     async def acquire(self) -> Held:
         """A connection for one statement; give it back with ``release`` or ``discard``."""
         while True:
+            if self._closed:
+                # A statement retrying after close(): the engine may be disposed already, and
+                # a connection opened now would outlive the layer.
+                raise LayerClosedError("the channel layer was closed")
             if self._idle:
                 # Most recently used first: it is the likeliest to be alive and warm.
                 return self._idle.pop()
