@@ -186,8 +186,12 @@ class QueueReader:
         # Only if LISTEN was in effect before the claim began and no wake came meanwhile: a
         # message committed after the claim's snapshot then always brings a NOTIFY later.
         if listening and self._listening and wakes == self._wakes:
+            now = asyncio.get_running_loop().time()
+            if now >= self._known_empty_until:
+                # Those found empty before are due for the poll's look anyway.
+                self._known_empty.clear()
             if not self._known_empty:
-                self._known_empty_until = asyncio.get_running_loop().time() + POLL_INTERVAL
+                self._known_empty_until = now + POLL_INTERVAL
             self._known_empty.update(channels)
 
     def fail_waiters(self, exc: BaseException) -> None:
