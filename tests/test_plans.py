@@ -160,7 +160,8 @@ async def test_a_send_looks_up_the_newest_id_only_for_a_queue_with_rows(
         connection = await engine.connect()
         driver = (await connection.get_raw_connection()).driver_connection
         compiled = statement.compile(dialect=engine.dialect)  # type: ignore[attr-defined]
-        bound = {**parameters, "queue": queue, "channel": queue}
+        # Room for one more in either queue ("q" holds 100 rows), so the send stores its row.
+        bound = {**parameters, "queue": queue, "channel": queue, "capacity": 1000}
         arguments = [
             bound[key] if key in bound else compiled.params[key] for key in compiled.positiontup or ()
         ]
@@ -175,3 +176,4 @@ async def test_a_send_looks_up_the_newest_id_only_for_a_queue_with_rows(
         await engine.dispose()
     (newest,) = [line for line in plan.splitlines() if "Backward using channel_layer_pg_message_pkey" in line]
     assert ("never executed" not in newest) is looked_up, plan
+    assert "CTE Scan on inserted (actual rows=1 " in plan, plan  # the row was stored
