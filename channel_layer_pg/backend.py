@@ -181,7 +181,6 @@ class LoopBackend:
         parameters = {
             "prefix": prefix,
             "ids": [row.id for row in rows],
-            "queues": channels,
             "channels": channels,
             "expires": [row.expires_at for row in rows],
             "payloads": [row.payload for row in rows],

@@ -253,7 +253,7 @@ SEND_MANY = _build_send_many()
 
 
 def _build_restore() -> Select[Any]:
-    """Put messages that were claimed but never received back, under their own ids.
+    """Put messages of normal channels that were claimed but never received back, under their own ids.
 
     A layer closing with such messages in hand (a claim that ended after its receiver was
     cancelled) would otherwise lose them, though other processes could still receive them.
@@ -264,12 +264,11 @@ def _build_restore() -> Select[Any]:
     restored = (
         func.unnest(
             bindparam("ids", type_=ARRAY(BigInteger)),
-            bindparam("queues", type_=ARRAY(Text)),
             bindparam("channels", type_=ARRAY(Text)),
             bindparam("expires", type_=ARRAY(DateTime(timezone=True))),
             bindparam("payloads", type_=ARRAY(LargeBinary)),
         )
-        .table_valued("id", "queue", "channel", "expires_at", "payload")
+        .table_valued("id", "channel", "expires_at", "payload")
         .render_derived(with_types=False)
         .alias("restored")
     )
@@ -280,7 +279,7 @@ def _build_restore() -> Select[Any]:
             select(
                 restored.c.id,
                 _prefix,
-                restored.c.queue,
+                restored.c.channel,  # a normal channel is a queue of its own
                 restored.c.channel,
                 restored.c.expires_at,
                 restored.c.payload,

@@ -120,15 +120,20 @@ async def test_close_waits_for_a_receive_s_claim_and_puts_back_its_message(
         await release.wait()
         return await claim(self, *args)
 
+    close_reader = QueueReader.close
+
+    async def close_then_release(self: QueueReader, exc: BaseException) -> Any:
+        in_flight = await close_reader(self, exc)
+        release.set()  # the claim ends only once close() holds it among those to wait for
+        return in_flight
+
     monkeypatch.setattr(LoopBackend, "_claim", held_claim)
+    monkeypatch.setattr(QueueReader, "close", close_then_release)
     receiving = asyncio.create_task(closing.receive("test.close-inline"))
     await asyncio.wait_for(claiming.wait(), TIMEOUT)
     receiving.cancel()  # the receive's own claim goes on without it
     await asyncio.gather(receiving, return_exceptions=True)
-    close = asyncio.create_task(closing.close())
-    await asyncio.sleep(0)  # let close() start before the claim can end
-    release.set()
-    await asyncio.wait_for(close, TIMEOUT)
+    await asyncio.wait_for(closing.close(), TIMEOUT)
     monkeypatch.undo()
     assert await receive(other, "test.close-inline") == {"type": "kept"}
 
