@@ -300,7 +300,7 @@ async def explain(conn: Any, layer: Any, variant: str, local: str) -> dict[str, 
     driver runs them; the send really stores a row (EXPLAIN ANALYZE executes), removed after.
     """
     from channel_layer_pg import statements
-    from channel_layer_pg.fanout import send_parameters
+    from channel_layer_pg.store.fanout import send_parameters
 
     channel = f"scaling.explain.{token()}" if variant == "other" else local
     queue = channel if variant == "other" else local[: local.index("!") + 1]

@@ -9,8 +9,8 @@ from .errors import (
     SchemaMissingError,
 )
 from .layer import PostgresChannelLayer
-from .migrate import migrate
 from .stats import LayerStats
+from .store.migrate import migrate
 
 __all__ = [
     "ChannelFull",

@@ -12,17 +12,17 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
-from . import statements
-from .backend import LoopBackend
-from .buffer import Claimed, ClaimedBuffer
 from .config import build_config
 from .droplog import DropLog
 from .errors import ChannelFull, DatabaseUnreachableError, LayerClosedError
-from .fanout import members_reached, targets_for
-from .iothread import IoThread
+from .local import Claimed, ClaimedBuffer
+from .loops import IoThread
 from .naming import is_process_local, non_local_name, validate_channel_name, validate_group_name
 from .stats import LayerStats, with_held_in_process
-from .stats import collect as collect_stats
+from .store import statements
+from .store.backend import LoopBackend
+from .store.fanout import members_reached, targets_for
+from .store.stats import collect as collect_stats
 from .transactional import ApplicationConnection, TransactionalWriter, layer_identity
 
 T = TypeVar("T")

@@ -17,14 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.base import Executable
 
-from . import statements
 from .config import LayerConfig
-from .database import MIGRATE_HINT
 from .errors import LayerClosedError, SchemaMissingError
-from .fanout import enqueue_parameters, members_reached, send_parameters, targets_for
+from .store import statements
+from .store.db import MIGRATE_HINT
+from .store.fanout import enqueue_parameters, members_reached, send_parameters, targets_for
 
 if TYPE_CHECKING:
-    from .backend import LoopBackend
+    from .store.backend import LoopBackend
 
 # What ``connection=`` accepts; an AsyncSession's transaction is on its current connection.
 ApplicationConnection = AsyncConnection | AsyncSession

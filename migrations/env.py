@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from channel_layer_pg.config import URL_ENV_VAR, asyncpg_url
-from channel_layer_pg.schema import VERSION_TABLE, metadata
+from channel_layer_pg.store.schema import VERSION_TABLE, metadata
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from channel_layer_pg import PostgresChannelLayer
-from channel_layer_pg.reader import QueueReader
+from channel_layer_pg.store.claims import QueueReader
 
 # Every wait in the suite is bounded by this; nothing sleeps hoping for an outcome.
 TIMEOUT = 10.0

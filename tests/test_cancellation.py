@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from channel_layer_pg import PostgresChannelLayer
-from channel_layer_pg import backend as backend_module
-from channel_layer_pg.backend import LoopBackend
 from channel_layer_pg.errors import LayerClosedError
-from channel_layer_pg.reader import QueueReader
+from channel_layer_pg.store import backend as backend_module
+from channel_layer_pg.store.backend import LoopBackend
+from channel_layer_pg.store.claims import QueueReader
 from tests.conftest import connect
 from tests.helpers import TIMEOUT, LayerFactory, Sql, receive, signal_when_waiting
 

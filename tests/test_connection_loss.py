@@ -9,7 +9,7 @@ from sqlalchemy.engine import make_url
 
 from channel_layer_pg import DatabaseUnreachableError
 from channel_layer_pg.embedded import EmbeddedPostgres
-from channel_layer_pg.reader import POLL_INTERVAL
+from channel_layer_pg.store.claims import POLL_INTERVAL
 from tests.helpers import TIMEOUT, LayerFactory, Sql, receive
 
 # Shorter than the readers' safety-net poll: only the reconnect's own wake-up can meet it.

@@ -11,8 +11,8 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from channel_layer_pg import LayerClosedError, PostgresChannelLayer
-from channel_layer_pg.backend import LoopBackend
-from channel_layer_pg.reader import QueueReader
+from channel_layer_pg.store.backend import LoopBackend
+from channel_layer_pg.store.claims import QueueReader
 from tests.helpers import TIMEOUT, LayerFactory, Sql, receive, signal_when_waiting
 
 

@@ -23,7 +23,7 @@ def _factory(module: str, name: str, framework: str | None) -> Any:
     def load() -> AppFactory:
         if framework is not None:
             pytest.importorskip(framework)
-        factory: AppFactory = getattr(importlib.import_module(f"channel_layer_pg.examples.{module}"), name)
+        factory: AppFactory = getattr(importlib.import_module(f"examples.{module}"), name)
         return factory
 
     return pytest.param(load, id=module)

@@ -29,7 +29,7 @@ async def application(database_url: str, prefix: str, monkeypatch: pytest.Monkey
     from django.conf import settings
     from django.test.utils import override_settings
 
-    from channel_layer_pg.examples.django_chat import settings as example
+    from examples.django_chat import settings as example
 
     if not settings.configured:
         settings.configure()
@@ -44,7 +44,7 @@ async def application(database_url: str, prefix: str, monkeypatch: pytest.Monkey
     }
     # Changing CHANNEL_LAYERS makes Channels drop the layers it built before, on entry and exit.
     with override_settings(**{**values, "CHANNEL_LAYERS": layers}):
-        from channel_layer_pg.examples.django_chat.asgi import application
+        from examples.django_chat.asgi import application
 
         try:
             yield application

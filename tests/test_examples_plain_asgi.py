@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from channel_layer_pg.examples.plain_asgi import ChatApp
+from examples.plain_asgi import ChatApp
 from tests.asgi import get, lifespan, refused
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from channel_layer_pg import PostgresChannelLayer
-from channel_layer_pg.backend import LoopBackend
-from channel_layer_pg.reader import POLL_INTERVAL
+from channel_layer_pg.store.backend import LoopBackend
+from channel_layer_pg.store.claims import POLL_INTERVAL
 from tests.helpers import TIMEOUT, LayerFactory, Sql, nothing_arrives, receive, signal_when_waiting
 
 

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from channel_layer_pg import LayerClosedError, PostgresChannelLayer, database
+from channel_layer_pg import LayerClosedError, PostgresChannelLayer
+from channel_layer_pg.store import db as database
 from tests.helpers import TIMEOUT, LayerFactory
 
 

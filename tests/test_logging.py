@@ -11,7 +11,8 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from channel_layer_pg import ChannelFull, DatabaseUnreachableError, PostgresChannelLayer, database, droplog
+from channel_layer_pg import ChannelFull, DatabaseUnreachableError, PostgresChannelLayer, droplog
+from channel_layer_pg.store import db as database
 from tests.conftest import connect
 from tests.helpers import TIMEOUT, LayerFactory, Sql
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from channel_layer_pg import PostgresChannelLayer, migrate
-from channel_layer_pg.schema import VERSION_TABLE
+from channel_layer_pg.store.schema import VERSION_TABLE
 from tests.conftest import connect
 from tests.helpers import TIMEOUT, receive
 

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from sqlalchemy.sql.base import Executable
 
-from channel_layer_pg import migrate, statements
+from channel_layer_pg import migrate
 from channel_layer_pg.config import build_config
-from channel_layer_pg.database import create_engine
+from channel_layer_pg.store import statements
+from channel_layer_pg.store.db import create_engine
 from tests.conftest import connect
 
 TABLES = ("channel_layer_pg_message", "channel_layer_pg_group_member")

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from channel_layer_pg import ChannelFull, PostgresChannelLayer
-from channel_layer_pg import reader as reader_module
-from channel_layer_pg.reader import QueueReader
+from channel_layer_pg.store import claims as reader_module
+from channel_layer_pg.store.claims import QueueReader
 from tests.conftest import connect
 from tests.helpers import TIMEOUT, LayerFactory, receive
 

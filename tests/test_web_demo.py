@@ -21,7 +21,7 @@ pytest.importorskip("uvicorn")
 websockets_client = pytest.importorskip("websockets.asyncio.client")
 
 from channel_layer_pg.cli import main  # noqa: E402
-from channel_layer_pg.web_demo.app import create_app  # noqa: E402
+from channel_layer_pg.cli.demo.web.app import create_app  # noqa: E402
 
 
 @pytest.fixture

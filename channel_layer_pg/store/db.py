@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.base import Executable
 
+from ..config import LayerConfig
+from ..errors import DatabaseUnreachableError, SchemaMissingError
 from . import statements, stats
-from .config import LayerConfig
-from .connections import Held, HeldConnections
-from .errors import DatabaseUnreachableError, SchemaMissingError
+from .pool import Held, HeldConnections
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from ..layer import PostgresChannelLayer
+from ....layer import PostgresChannelLayer
 
 MAX_TEXT = 1000
 

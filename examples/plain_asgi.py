@@ -4,7 +4,7 @@ Run::
 
     export CHANNEL_LAYER_PG_URL=postgresql://user@127.0.0.1:5432/app
     channel-layer-pg migrate
-    uvicorn channel_layer_pg.examples.plain_asgi:app --workers 2
+    uvicorn examples.plain_asgi:app --workers 2
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .config import LayerConfig
-from .database import translated_errors
-from .errors import DatabaseUnreachableError
-from .naming import listener_application_name
+from ..config import LayerConfig
+from ..errors import DatabaseUnreachableError
+from ..naming import listener_application_name
+from .db import translated_errors
 
 logger = logging.getLogger("channel_layer_pg")
 

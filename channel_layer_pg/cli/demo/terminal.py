@@ -21,10 +21,11 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import make_url
 
-from .config import URL_ENV_VAR
-from .embedded import embedded_postgres
-from .layer import PostgresChannelLayer
-from .migrate import migrate
+from ...config import URL_ENV_VAR
+from ...embedded import embedded_postgres
+from ...layer import PostgresChannelLayer
+from ...store.migrate import migrate
+from . import DemoError
 
 WORK_CHANNEL = "demo.work"
 ROOM = "demo.room"
@@ -38,10 +39,6 @@ WORKER_IDLE_TIMEOUT = 60.0
 
 Message = dict[str, Any]
 T = TypeVar("T")
-
-
-class DemoError(Exception):
-    """The demo could not complete; the message says what went wrong."""
 
 
 def say(line: str) -> None:

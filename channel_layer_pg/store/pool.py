@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .errors import LayerClosedError
+from ..errors import LayerClosedError
 
 logger = logging.getLogger("channel_layer_pg")
 

@@ -4,7 +4,7 @@ Run it as any Channels project runs (the layer reads the database from the envir
 
     export CHANNEL_LAYER_PG_URL=postgresql://user@127.0.0.1:5432/app
     channel-layer-pg migrate
-    uvicorn channel_layer_pg.examples.django_chat.asgi:application --workers 2
+    uvicorn examples.django_chat.asgi:application --workers 2
 
 then open http://127.0.0.1:8000/ twice, and announce from outside::
 

@@ -12,8 +12,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
 ]
-ROOT_URLCONF = "channel_layer_pg.examples.django_chat.urls"
-ASGI_APPLICATION = "channel_layer_pg.examples.django_chat.asgi.application"
+ROOT_URLCONF = "examples.django_chat.urls"
+ASGI_APPLICATION = "examples.django_chat.asgi.application"
 USE_TZ = True
 
 CHANNEL_LAYERS = {

@@ -1,10 +1,11 @@
-"""Chat with Starlette: a WebSocket endpoint, the layer opened and closed in the app's lifespan.
+"""Chat with Quart: the layer lives while the app serves; a websocket route per room.
 
 Run::
 
     export CHANNEL_LAYER_PG_URL=postgresql://user@127.0.0.1:5432/app
     channel-layer-pg migrate
-    uvicorn channel_layer_pg.examples.starlette_chat:app --workers 2
+    hypercorn examples.quart_chat:app --workers 2
+    # or: uvicorn examples.quart_chat:app --workers 2
 """
 
 from __future__ import annotations
@@ -12,15 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import HTMLResponse
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from quart import Quart, copy_current_websocket_context, current_app, websocket
 
 from channel_layer_pg import PostgresChannelLayer
 
@@ -29,40 +25,49 @@ PAGE = Path(__file__).with_name("chat.html").read_text(encoding="utf-8")
 ROOM = re.compile(r"[A-Za-z0-9_-]{1,50}")
 
 
-def create_app(url: str | None = None, prefix: str = "starlette_chat") -> Starlette:
+def create_app(url: str | None = None, prefix: str = "quart_chat") -> Quart:
     """The chat app on the database at ``url`` (by default ``$CHANNEL_LAYER_PG_URL``)."""
+    app = Quart(__name__)
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    @app.while_serving
+    async def channel_layer() -> AsyncGenerator[None, None]:
         # Checks the database and schema at startup; closes the layer's connections at shutdown.
         async with PostgresChannelLayer(url=url, prefix=prefix) as layer:
-            app.state.layer = layer
+            app.extensions["channel_layer"] = layer
             yield
 
-    routes = [Route("/", page), WebSocketRoute("/ws/{room}", chat)]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app.route("/")(page)
+    app.websocket("/ws/<room>")(chat)
+    return app
 
 
-async def page(request: Request) -> HTMLResponse:
-    return HTMLResponse(PAGE)
+async def page() -> str:
+    return PAGE
 
 
-async def chat(websocket: WebSocket) -> None:
-    room = websocket.path_params["room"]
+async def chat(room: str) -> None:
     if not ROOM.fullmatch(room):
-        await websocket.close(code=1008)
+        await websocket.close(1008)
         return
-    layer: PostgresChannelLayer = websocket.app.state.layer
-    name = websocket.query_params.get("name", "anonymous")[:40]
+    layer: PostgresChannelLayer = current_app.extensions["channel_layer"]
+    name = websocket.args.get("name", "anonymous")[:40]
     group = f"chat.{room}"
     channel = await layer.new_channel()
     # Join before accepting: once the client sees the socket open, it is in the room.
     await layer.group_add(group, channel)
     await websocket.accept()
-    relay = asyncio.create_task(relay_to_client(layer, channel, websocket))
+
+    @copy_current_websocket_context
+    async def relay_to_client() -> None:
+        while True:
+            message = await layer.receive(channel)
+            await websocket.send_json({"text": message["text"], "from": message["from"]})
+
+    relay = asyncio.ensure_future(relay_to_client())
     try:
-        async for frame in websocket.iter_text():
-            text = text_of(frame)
+        while True:
+            # Quart ends this handler by cancelling it here when the client goes away.
+            text = text_of(await websocket.receive())
             if text:
                 await layer.group_send(group, {"type": "chat.message", "text": text, "from": name})
     finally:
@@ -71,13 +76,7 @@ async def chat(websocket: WebSocket) -> None:
         await layer.group_discard(group, channel)
 
 
-async def relay_to_client(layer: PostgresChannelLayer, channel: str, websocket: WebSocket) -> None:
-    while True:
-        message = await layer.receive(channel)
-        await websocket.send_json({"text": message["text"], "from": message["from"]})
-
-
-def text_of(frame: str) -> str | None:
+def text_of(frame: str | bytes) -> str | None:
     """The text of a ``{"text": ...}`` frame, at most 1000 characters; None for anything else."""
     try:
         text = json.loads(frame)["text"]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
-from .config import URL_ENV_VAR, asyncpg_url
+from ..config import URL_ENV_VAR, asyncpg_url
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent
 
 
 def migrations_directory() -> Path:

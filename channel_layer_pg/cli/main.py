@@ -13,12 +13,11 @@ from alembic.util import CommandError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from .config import URL_ENV_VAR
-from .demo import DemoError, run_demo, run_worker
-from .errors import ChannelLayerError
-from .layer import PostgresChannelLayer
-from .migrate import migrate
-from .web_demo.serve import run_web_demo
+from ..config import URL_ENV_VAR
+from ..errors import ChannelLayerError
+from ..layer import PostgresChannelLayer
+from ..store.migrate import migrate
+from .demo import DemoError
 
 PROG = "channel-layer-pg"
 
@@ -52,14 +51,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "migrate":
             return _migrate(args.url, args.revision)
         if args.command == "demo" and args.web:
+            from .demo.web.serve import run_web_demo
+
             return run_web_demo(
                 args.url, host=args.host or "127.0.0.1", port=args.port or 8000, workers=args.workers or 2
             )
         if args.command == "demo":
+            from .demo.terminal import run_demo
+
             return run_demo(args.url, args.messages)
         if args.command == "stats":
             url = _url(args.url, "stats")
             return asyncio.run(_stats(url, args)) if url else 2
+        from .demo.terminal import run_worker
+
         url = _url(args.url, args.command)
         return run_worker(url, args.prefix) if url else 2
     except KeyboardInterrupt:

@@ -21,11 +21,12 @@ from typing import IO
 
 from sqlalchemy.engine import make_url
 
-from ..config import URL_ENV_VAR
-from ..demo import DemoError, say, terminate_as_interrupt
-from ..embedded import embedded_postgres
-from ..layer import PostgresChannelLayer
-from ..migrate import migrate
+from ....config import URL_ENV_VAR
+from ....embedded import embedded_postgres
+from ....layer import PostgresChannelLayer
+from ....store.migrate import migrate
+from .. import DemoError
+from ..terminal import say, terminate_as_interrupt
 
 # Each worker prints this once its layer is open (see app.py).
 READY_LINE = re.compile(r"worker pid (\d+) ready")

@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from ..layer import PostgresChannelLayer
+from ....layer import PostgresChannelLayer
 from .room import Member
 
 PREFIX = "web_demo"

@@ -14,8 +14,8 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
-from .buffer import Claimed, ClaimedBuffer
-from .errors import DatabaseUnreachableError
+from ..errors import DatabaseUnreachableError
+from ..local import Claimed, ClaimedBuffer
 from .listener import Listener, NotificationsNotDelivered
 
 logger = logging.getLogger("channel_layer_pg")

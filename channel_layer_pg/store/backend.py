@@ -15,14 +15,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.base import Executable
 
+from ..config import LayerConfig
+from ..local import Claimed, ClaimedBuffer
+from ..naming import is_process_local, topic_for
 from . import statements
-from .buffer import Claimed, ClaimedBuffer
-from .config import LayerConfig
-from .database import StatementRunner, create_engine, create_listen_engine
+from .claims import QueueReader
+from .db import StatementRunner, create_engine, create_listen_engine
 from .fanout import Target, enqueue_parameters, send_parameters
 from .listener import Listener
-from .naming import is_process_local, topic_for
-from .reader import QueueReader
 from .sendbatch import PendingSend, SendBatcher
 
 logger = logging.getLogger("channel_layer_pg")

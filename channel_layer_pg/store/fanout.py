@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from .naming import non_local_name, topic_for
+from ..naming import non_local_name, topic_for
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql.dml import ReturningDelete
 from sqlalchemy.sql.elements import TextClause
 
-from .naming import TOPIC_PREFIX
+from ..naming import TOPIC_PREFIX
 from .schema import group_member, message
 
 _prefix = bindparam("prefix", type_=Text)

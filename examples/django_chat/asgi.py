@@ -8,7 +8,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.core.asgi import get_asgi_application
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "channel_layer_pg.examples.django_chat.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_chat.settings")
 # Before importing the routes: it sets Django up, which consumers and views may rely on.
 django_application = get_asgi_application()
 

@@ -1,0 +1,1 @@
+"""Everything that touches PostgreSQL: tables, statements, connections, LISTEN and claims."""
