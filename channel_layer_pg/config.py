@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -14,6 +12,7 @@ from typing import Any
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from .capacity import ChannelCapacity, parse_channel_capacity
 from .naming import validate_group_name
 from .serialization import Codec, Encryptor, resolve_serializer
 
@@ -69,7 +68,7 @@ class LayerConfig:
     expiry: timedelta
     group_expiry: timedelta | None
     capacity: int
-    channel_capacity: tuple[tuple[re.Pattern[str], int], ...]
+    channel_capacity: tuple[ChannelCapacity, ...]
     codec: Codec
     pool_size: int
     max_overflow: int
@@ -89,10 +88,18 @@ class LayerConfig:
         return self.listen_url is not None
 
     def capacity_for(self, channel: str) -> int:
-        for pattern, capacity in self.channel_capacity:
-            if pattern.match(channel):
-                return capacity
+        for rule in self.channel_capacity:
+            if rule.pattern.match(channel):
+                return rule.capacity
         return self.capacity
+
+    def capacity_parameters(self) -> dict[str, Any]:
+        """The bound parameters of store.sql.capacity_of(): the same capacities, for SQL."""
+        return {
+            "capacity": self.capacity,
+            "capacity_patterns": [rule.sql_pattern for rule in self.channel_capacity],
+            "capacity_limits": [rule.capacity for rule in self.channel_capacity],
+        }
 
     @property
     def safe_url(self) -> str:
@@ -176,7 +183,9 @@ def build_config(options: Mapping[str, Any]) -> LayerConfig:
         expiry=timedelta(seconds=_seconds("expiry", options.get("expiry", 60))),
         group_expiry=timedelta(seconds=group_expiry) if group_expiry else None,
         capacity=_positive_int("capacity", options.get("capacity", 100)),
-        channel_capacity=_channel_capacity(options.get("channel_capacity") or {}),
+        channel_capacity=parse_channel_capacity(
+            options.get("channel_capacity") or {}, positive_int=_positive_int
+        ),
         codec=codec,
         pool_size=_positive_int("pool_size", options.get("pool_size", 10)),
         max_overflow=_non_negative_int("max_overflow", options.get("max_overflow", 10)),
@@ -310,20 +319,3 @@ def _synchronous_commit(value: object) -> str:
     if value not in _SYNCHRONOUS_COMMIT:
         raise ValueError(f"synchronous_commit must be one of {', '.join(_SYNCHRONOUS_COMMIT)}, not {value!r}")
     return str(value)
-
-
-def _channel_capacity(value: object) -> tuple[tuple[re.Pattern[str], int], ...]:
-    if not isinstance(value, Mapping):
-        raise TypeError(f"channel_capacity must be a dict of pattern to int, not {type(value).__name__}")
-    patterns = []
-    for pattern, capacity in value.items():
-        if isinstance(pattern, str):
-            compiled = re.compile(fnmatch.translate(pattern))
-        elif isinstance(pattern, re.Pattern):
-            compiled = pattern
-        else:
-            raise TypeError(
-                f"channel_capacity keys must be glob strings or compiled regexes, not {pattern!r}"
-            )
-        patterns.append((compiled, _positive_int(f"channel_capacity[{pattern!r}]", capacity)))
-    return tuple(patterns)

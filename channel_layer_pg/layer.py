@@ -7,7 +7,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
@@ -21,7 +21,6 @@ from .naming import is_process_local, non_local_name, validate_channel_name, val
 from .stats import LayerStats, with_held_in_process
 from .store import statements
 from .store.backend import LoopBackend
-from .store.fanout import members_reached, targets_for
 from .store.stats import collect as collect_stats
 from .transactional import ApplicationConnection, TransactionalWriter, layer_identity
 
@@ -155,7 +154,7 @@ class PostgresChannelLayer:
         capacity = self._config.capacity_for(channel)
         queue = non_local_name(channel)
         if connection is None and self._owns(queue):
-            stored = self._deliver_here([self._local_row(channel, payload)], queue, capacity)
+            stored = self._deliver_here([channel], payload) == 1
         elif connection is None:
             stored = await self._call(lambda backend: backend.send(payload, queue, channel, capacity))
         else:
@@ -163,11 +162,6 @@ class PostgresChannelLayer:
             stored = await writer.send(payload, queue, channel, capacity)
         if not stored:
             self._drops.send_refused(channel, capacity)
-            if queue != channel:
-                raise ChannelFull(
-                    f"channel {channel!r} is full: the process-local channels under {queue!r} share "
-                    f"one capacity of {capacity} unexpired messages, and they hold that many"
-                )
             raise ChannelFull(f"channel {channel!r} is full: it holds {capacity} unexpired messages")
 
     async def receive(self, channel: str) -> dict[str, Any]:
@@ -224,47 +218,16 @@ class PostgresChannelLayer:
         """
         validate_group_name(group)
         payload = self._config.codec.encode(message)
-        parameters = {"prefix": self.prefix, "group": group}
-
-        async def fan_out(backend: LoopBackend) -> tuple[int, int]:
-            rows = await backend.fetch(statements.GROUP_MEMBERS, parameters)
-            targets = targets_for((row["channel"] for row in rows), self._config.capacity_for)
-            reached = 0
-            elsewhere = []
-            for target in targets:
-                if not self._owns(target.queue):
-                    elsewhere.append(target)
-                elif self._deliver_here(
-                    [self._local_row(member, payload) for member in target.recipients],
-                    target.queue,
-                    target.capacity,
-                ):
-                    reached += target.members
-            stored = await backend.enqueue(payload, elsewhere) if elsewhere else set()
-            return reached + members_reached(elsewhere, stored), sum(target.members for target in targets)
-
-        async def fan_out_at_once(backend: LoopBackend) -> tuple[int, int]:
-            # One statement instead of two (members, then rows): possible when every channel
-            # has the same capacity, so the database can check each target's room itself.
-            (row,) = await backend.group_send(payload, group, self._own_queue_suffix)
-            reached, members = int(row["reached"]), int(row["elsewhere"])
-            here: dict[str, list[str]] = {}
-            for channel in row["here"] or ():
-                here.setdefault(non_local_name(channel), []).append(channel)
-            for queue, channels in here.items():
-                members += len(channels)
-                rows = [self._local_row(channel, payload) for channel in channels]
-                if self._deliver_here(rows, queue, self._config.capacity):
-                    reached += len(channels)
-            return reached, members
-
         if connection is None:
-            stored, members = await self._call(fan_out if self._config.channel_capacity else fan_out_at_once)
+            suffix = self._own_queue_suffix
+            row = await self._call(lambda backend: backend.group_send(payload, group, suffix))
         else:
-            writer = await self._writer(connection)
-            stored, members = await writer.group_send(payload, group)
-        if stored < members:
-            self._drops.members_skipped(group, members - stored, members)
+            row = await (await self._writer(connection)).group_send(payload, group)
+        here = row["here"] or ()
+        reached = int(row["reached"]) + (self._deliver_here(here, payload) if here else 0)
+        members = int(row["elsewhere"]) + len(here)
+        if reached < members:
+            self._drops.members_skipped(group, members - reached, members)
 
     # -- flush and lifecycle ----------------------------------------------------------------
 
@@ -352,22 +315,23 @@ class PostgresChannelLayer:
         """Whether ``queue`` holds process-local channels that this instance made."""
         return queue.endswith(self._own_queue_suffix)
 
-    def _local_row(self, channel: str, payload: bytes) -> Claimed:
-        return Claimed(0, channel, datetime.now(timezone.utc) + self._config.expiry, payload)
-
-    def _deliver_here(self, rows: list[Claimed], queue: str, capacity: int) -> bool:
-        """Hand messages for this instance's own process-local channels to its receivers.
+    def _deliver_here(self, channels: Sequence[str], payload: bytes) -> int:
+        """Hand a message to this instance's own process-local ``channels``; how many had room.
 
         Only this instance can ever receive on those channels, so the message has nowhere to
         go but this process: it skips the table, and with it two statements and a NOTIFY.
-        Whether it was queued (False: the queue holds ``capacity`` messages already).
+        Each channel takes it unless it holds its capacity of messages already.
         """
         if self._closed:
             raise LayerClosedError("this channel layer was closed; create a new one")
-        if not self._buffer.offer(rows, queue, capacity):
-            return False
-        self._wake_readers(queue)
-        return True
+        expires_at = datetime.now(timezone.utc) + self._config.expiry
+        delivered = 0
+        for channel in channels:
+            row = Claimed(0, channel, expires_at, payload)
+            delivered += self._buffer.offer(row, self._config.capacity_for(channel))
+        if delivered:
+            self._wake_readers(non_local_name(channels[0]))  # all of them are this instance's queue
+        return delivered
 
     def _wake_readers(self, queue: str) -> None:
         """Rows of ``queue`` were buffered: readers on every loop should look (thread-safe)."""

@@ -14,6 +14,7 @@ _GROUP_NAME = re.compile(r"[a-zA-Z\d\-_.]+")
 # LISTEN/NOTIFY channel names are identifiers of at most 63 bytes; a hash keeps every valid
 # channel name (and every prefix) inside that limit and free of anything that needs quoting.
 TOPIC_PREFIX = "clpg_"
+TOPIC_DIGEST_LENGTH = 32  # hex digits of the SHA-256 kept in a topic
 
 # The pool's sessions are "channel_layer_pg" (database.create_engine); a listener adds its prefix.
 LISTENER_APPLICATION_NAME = "channel_layer_pg listener"
@@ -69,8 +70,8 @@ def listener_application_name(prefix: str) -> str:
 def topic_for(prefix: str, queue: str) -> str:
     """The NOTIFY topic that wakes readers of ``queue`` under ``prefix``.
 
-    The first 32 hex digits of a SHA-256, which PostgreSQL computes the same way
-    (statements.GROUP_SEND names its topics in SQL): always a valid identifier, 37 bytes.
+    The first hex digits of a SHA-256, which PostgreSQL computes the same way (store.sql.topic_of,
+    for statements that learn their queues in SQL): always a valid identifier, 37 bytes.
     """
-    digest = hashlib.sha256(f"{prefix}:{queue}".encode()).hexdigest()[:32]
+    digest = hashlib.sha256(f"{prefix}:{queue}".encode()).hexdigest()[:TOPIC_DIGEST_LENGTH]
     return TOPIC_PREFIX + digest

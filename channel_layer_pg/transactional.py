@@ -21,7 +21,6 @@ from .config import LayerConfig
 from .errors import LayerClosedError, SchemaMissingError
 from .store import statements
 from .store.db import MIGRATE_HINT
-from .store.fanout import enqueue_parameters, members_reached, send_parameters, targets_for
 
 if TYPE_CHECKING:
     from .store.backend import LoopBackend
@@ -92,7 +91,7 @@ class TransactionalWriter:
 
     async def send(self, payload: bytes, queue: str, channel: str, capacity: int) -> bool:
         """Store ``payload`` for ``channel`` unless its queue is full; whether it was stored."""
-        parameters = send_parameters(
+        parameters = statements.send_parameters(
             self._config.prefix, self._config.expiry, payload, queue, channel, capacity
         )
         result = await self._execute(statements.SEND, parameters)
@@ -100,16 +99,15 @@ class TransactionalWriter:
         # application's transaction stays usable after ChannelFull.
         return bool(result.scalar_one())
 
-    async def group_send(self, payload: bytes, group: str) -> tuple[int, int]:
-        """Store ``payload`` for every member of ``group`` with room; (reached, members)."""
-        prefix = self._config.prefix
-        result = await self._execute(statements.GROUP_MEMBERS, {"prefix": prefix, "group": group})
-        targets = targets_for(result.scalars().all(), self._config.capacity_for)
-        if not targets:
-            return 0, 0
-        parameters = enqueue_parameters(prefix, self._config.expiry, payload, targets)
-        stored = {row.queue for row in await self._execute(statements.ENQUEUE, parameters)}
-        return members_reached(targets, stored), sum(target.members for target in targets)
+    async def group_send(self, payload: bytes, group: str) -> Any:
+        """statements.GROUP_SEND's one row; every member, the layer's own included, is stored.
+
+        The layer's own process-local members get their copy from the table, after the
+        commit, like everyone else: delivered in memory now, they would see a message that
+        a rollback takes back.
+        """
+        parameters = statements.group_send_parameters(self._config, payload, group, None)
+        return (await self._execute(statements.GROUP_SEND, parameters)).mappings().one()
 
     async def _execute(self, statement: Executable, parameters: dict[str, Any]) -> Result[Any]:
         # Not shielded, unlike the layer's own statements: the connection and its transaction

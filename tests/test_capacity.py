@@ -1,4 +1,4 @@
-"""Capacity: send raises ChannelFull; group_send skips full members and says how many."""
+"""Capacity, per channel: send raises ChannelFull; group_send skips full members and says how many."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 import pytest
 
 from channel_layer_pg import ChannelFull
-from tests.helpers import LayerFactory, Sql, receive
+from tests.helpers import TIMEOUT, LayerFactory, Sql, nothing_arrives, receive
 
 
 async def test_send_raises_channel_full_at_capacity(make_layer: LayerFactory) -> None:
@@ -66,36 +66,86 @@ async def test_group_send_skips_full_members_and_logs_how_many(
     assert await receive(layer, "test.full-member") == {"type": "already queued"}
 
 
-async def test_a_group_send_counts_once_against_a_process_shared_capacity(make_layer: LayerFactory) -> None:
+async def test_each_process_local_channel_has_its_own_capacity_in_the_table(make_layer: LayerFactory) -> None:
     layer, sender = make_layer(capacity=3), make_layer(capacity=3)  # sender: another process
     channels = [await layer.new_channel() for _ in range(5)]
     for channel in channels:
         await layer.group_add("locals", channel)
-    await sender.group_send("locals", {"type": "broadcast"})  # one row for the process
+    await sender.group_send("locals", {"type": "broadcast"})  # one row, counted for each member
     await sender.send(channels[0], {"type": "second"})
-    await sender.send(channels[1], {"type": "third"})
-    with pytest.raises(ChannelFull, match="share one capacity of 3"):
-        await sender.send(channels[2], {"type": "fourth"})
+    await sender.send(channels[0], {"type": "third"})
+    with pytest.raises(ChannelFull, match=re.escape(repr(channels[0]))):
+        await sender.send(channels[0], {"type": "fourth"})
+    for channel in channels[1:]:  # their neighbour's backlog takes none of their room
+        await sender.send(channel, {"type": "second"})
+        await sender.send(channel, {"type": "third"})
+    assert [(await receive(layer, channels[0]))["type"] for _ in range(3)] == ["broadcast", "second", "third"]
+    await sender.send(channels[0], {"type": "fits again"})
 
 
-async def test_a_group_message_a_layer_sends_its_own_channels_counts_once_until_all_took_it(
+async def test_a_group_send_skips_only_the_full_process_local_members(make_layer: LayerFactory) -> None:
+    layer, sender = make_layer(capacity=1), make_layer(capacity=1)
+    full, free = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("room", full)
+    await layer.group_add("room", free)
+    await sender.send(full, {"type": "already queued"})
+    await sender.group_send("room", {"type": "broadcast"})
+    assert await receive(layer, free) == {"type": "broadcast"}
+    assert await receive(layer, full) == {"type": "already queued"}
+    assert await nothing_arrives(layer, full)
+
+
+async def test_a_layer_sending_to_its_own_channels_counts_each_channel_apart(
     make_layer: LayerFactory,
 ) -> None:
-    layer = make_layer(capacity=3)
-    channels = [await layer.new_channel() for _ in range(5)]
+    layer = make_layer(capacity=2)
+    channels = [await layer.new_channel() for _ in range(3)]
     for channel in channels:
         await layer.group_add("locals", channel)
-    await layer.group_send("locals", {"type": "broadcast"})  # five copies in memory, one message
+    await layer.group_send("locals", {"type": "broadcast"})  # a copy per channel, in memory
     await layer.send(channels[0], {"type": "second"})
-    await layer.send(channels[1], {"type": "third"})
-    with pytest.raises(ChannelFull, match="share one capacity of 3"):
-        await layer.send(channels[2], {"type": "fourth"})
-    for channel in channels[:4]:
-        assert await receive(layer, channel) == {"type": "broadcast"}
-    with pytest.raises(ChannelFull):  # one copy is still held
-        await layer.send(channels[2], {"type": "fourth"})
-    assert await receive(layer, channels[4]) == {"type": "broadcast"}
-    await layer.send(channels[2], {"type": "room again"})
+    with pytest.raises(ChannelFull, match=re.escape(repr(channels[0]))):
+        await layer.send(channels[0], {"type": "third"})
+    await layer.send(channels[1], {"type": "second"})
+    assert await receive(layer, channels[0]) == {"type": "broadcast"}
+    await layer.send(channels[0], {"type": "third"})
+
+
+async def test_a_tight_loop_of_sends_to_many_waiting_local_receivers_never_hits_capacity(
+    make_layer: LayerFactory,
+) -> None:
+    layer = make_layer(capacity=10)
+    channels = [await layer.new_channel() for _ in range(300)]
+    receives = [asyncio.create_task(layer.receive(channel)) for channel in channels]
+    await asyncio.sleep(0)  # let every receive start waiting
+    for n, channel in enumerate(channels):
+        await layer.send(channel, {"type": "m", "n": n})
+    done = await asyncio.wait_for(asyncio.gather(*receives), TIMEOUT)
+    assert [message["n"] for message in done] == list(range(300))
+
+
+@pytest.mark.parametrize("sent_from", ["this layer", "another layer"])
+async def test_a_stalled_local_channel_does_not_starve_the_others(
+    make_layer: LayerFactory, sent_from: str
+) -> None:
+    layer = make_layer(capacity=5)
+    sender = layer if sent_from == "this layer" else make_layer(capacity=5)
+    stalled = await layer.new_channel()
+    others = [await layer.new_channel() for _ in range(3)]
+    for channel in [stalled, *others]:
+        await layer.group_add("room", channel)
+    for n in range(5):
+        await sender.send(stalled, {"type": "m", "n": n})
+    with pytest.raises(ChannelFull):
+        await sender.send(stalled, {"type": "m", "n": 5})
+    for n in range(20):  # four times the capacity, to each of the channels still receiving
+        await sender.send(others[n % 3], {"type": "m", "n": n})
+        await sender.group_send("room", {"type": "g", "n": n})
+        for channel in others:
+            if channel == others[n % 3]:
+                assert await receive(layer, channel) == {"type": "m", "n": n}
+            assert await receive(layer, channel) == {"type": "g", "n": n}
+    assert [(await receive(layer, stalled))["n"] for _ in range(5)] == list(range(5))
 
 
 async def test_a_group_larger_than_capacity_keeps_reaching_its_members_in_process(

@@ -38,20 +38,13 @@ HOT_STATEMENTS: dict[str, tuple[Executable, dict[str, Any]]] = {
          "capacities": [100, 100], "payloads": [b"x", b"y"], "topic_queues": ["q", "r"],
          "topics": ["t", "u"]},
     ),
-    "ENQUEUE": (
-        statements.ENQUEUE,
-        {"prefix": "p", "expiry": EXPIRY, "payload": b"x", "queues": ["q", "s.a!"],
-         "channels": ["q", "s.a!"], "recipients": ["", "s.a!b s.a!c"], "capacities": [100, 100],
-         "topics": ["t", "u"]},
-    ),
     "CLAIM": (statements.CLAIM, {"prefix": "p", "queue": "s.a!", "channels": ["s.a!b"], "limit": 1}),
     "CLAIM_CHANNEL": (statements.CLAIM_CHANNEL, {"prefix": "p", "queue": "q", "limit": 1}),
     "GROUP_SEND": (
         statements.GROUP_SEND,
-        {"prefix": "p", "group": "g", "own_suffix": ".a!", "capacity": 100, "expiry": EXPIRY,
-         "payload": b"x"},
+        {"prefix": "p", "group": "g", "own_suffix": ".a!", "capacity": 100, "capacity_patterns": [],
+         "capacity_limits": [], "expiry": EXPIRY, "payload": b"x"},
     ),
-    "GROUP_MEMBERS": (statements.GROUP_MEMBERS, {"prefix": "p", "group": "g"}),
 }  # fmt: skip
 
 

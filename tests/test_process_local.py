@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from channel_layer_pg import ChannelFull, PostgresChannelLayer
+from channel_layer_pg import PostgresChannelLayer
 from channel_layer_pg.store import claims as reader_module
 from channel_layer_pg.store.claims import QueueReader
 from tests.conftest import connect
@@ -47,18 +47,6 @@ async def test_local_channels_of_one_instance_are_delivered_separately(layer: Po
         await layer.send(channel, {"type": "n", "n": n})
     got = await asyncio.wait_for(asyncio.gather(*(layer.receive(c) for c in reversed(channels))), TIMEOUT)
     assert [message["n"] for message in got] == [4, 3, 2, 1, 0]
-
-
-async def test_capacity_counts_the_non_local_part(make_layer: LayerFactory) -> None:
-    layer = make_layer(capacity=3)
-    channels = [await layer.new_channel() for _ in range(4)]
-    for channel in channels[:3]:
-        await layer.send(channel, {"type": "fill"})
-    with pytest.raises(ChannelFull):
-        await layer.send(channels[3], {"type": "one too many"})
-    await receive(layer, channels[0])
-    await layer.send(channels[3], {"type": "room again"})
-    assert await receive(layer, channels[3]) == {"type": "room again"}
 
 
 async def test_many_waiting_local_receivers_all_get_their_message(layer: PostgresChannelLayer) -> None:

@@ -21,7 +21,6 @@ from ..naming import is_process_local, topic_for
 from . import statements
 from .claims import QueueReader
 from .db import StatementRunner, create_engine, create_listen_engine
-from .fanout import Target, enqueue_parameters, send_parameters
 from .listener import Listener
 from .sendbatch import PendingSend, SendBatcher
 
@@ -65,26 +64,12 @@ class LoopBackend:
     async def _notify(self, topic: str) -> None:
         await self.execute(statements.NOTIFY, {"topic": topic})
 
-    async def enqueue(self, payload: bytes, targets: Sequence[Target]) -> set[str]:
-        """Store ``payload`` once per target with room; the queues it was stored in."""
-        self._ensure_cleanup()
-        parameters = enqueue_parameters(self._config.prefix, self._config.expiry, payload, targets)
-        return {row["queue"] for row in await self.fetch(statements.ENQUEUE, parameters)}
-
-    async def group_send(self, payload: bytes, group: str, own_queue_suffix: str) -> list[Any]:
+    async def group_send(self, payload: bytes, group: str, own_suffix: str | None) -> Any:
         """statements.GROUP_SEND's one row: the caller's own members, and who else was reached."""
         self._ensure_cleanup()
-        return await self.fetch(
-            statements.GROUP_SEND,
-            {
-                "prefix": self._config.prefix,
-                "group": group,
-                "own_suffix": own_queue_suffix,
-                "capacity": self._config.capacity,
-                "expiry": self._config.expiry,
-                "payload": payload,
-            },
-        )
+        parameters = statements.group_send_parameters(self._config, payload, group, own_suffix)
+        (row,) = await self.fetch(statements.GROUP_SEND, parameters)
+        return row
 
     async def send(self, payload: bytes, queue: str, channel: str, capacity: int) -> bool:
         """Store ``payload`` for ``channel`` unless its queue is full; whether it was stored."""
@@ -92,7 +77,7 @@ class LoopBackend:
         return await self._sends.send(PendingSend(queue, channel, capacity, payload))
 
     async def _send_one(self, item: PendingSend) -> bool:
-        parameters = send_parameters(
+        parameters = statements.send_parameters(
             self._config.prefix, self._config.expiry, item.payload, item.queue, item.channel, item.capacity
         )
         (row,) = await self.fetch(statements.SEND, parameters)

@@ -9,11 +9,12 @@ metadata = MetaData()
 
 VERSION_TABLE = "channel_layer_pg_alembic_version"  # ours, so the host app's Alembic history is untouched
 
-# One row per undelivered message. "queue" is what readers claim from and capacity counts:
-# the channel name itself, or for a process-local channel its non-local part ("x.abc!"), so
-# one process claims all its local traffic with one statement. A group_send stores one row
-# per receiving process, not per member: "recipients" then lists the process-local channels
-# it is for ("channel" holds the non-local part), and the receiving process fans it out.
+# One row per undelivered message. "queue" is what readers claim from: the channel name
+# itself, or for a process-local channel its non-local part ("x.abc!"), so one process claims
+# all its local traffic with one statement. A group_send stores one row per receiving
+# process, not per member: "recipients" then lists the process-local channels it is for
+# ("channel" holds the non-local part), and the receiving process fans it out. Capacity
+# counts per channel: a channel's own rows and the group rows that list it.
 message = Table(
     "channel_layer_pg_message",
     metadata,

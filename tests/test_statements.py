@@ -1,0 +1,75 @@
+"""Where SQL computes what Python computes too, the two agree: queues, topics, capacities."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from sqlalchemy import Text, bindparam, select
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+
+from channel_layer_pg.config import build_config
+from channel_layer_pg.naming import non_local_name, topic_for
+from channel_layer_pg.store import sql as sql_module
+from tests.helpers import Sql
+
+NAMES = [
+    "chat",
+    "chat.room-1",
+    "specific.abc123!def",
+    "specific.abc123!",
+    "x.y!z_9.w",
+    "http.response!c",
+    "tiny.",
+    "Tiny.one",
+    "a[b",
+    "roomy.x",
+    "b.c",
+]
+
+
+async def _select(run: Sql, columns: list[Any], parameters: dict[str, Any]) -> list[Any]:
+    compiled = select(*columns).compile(dialect=PGDialect_asyncpg())
+    order = compiled.positiontup or []
+    arguments = [parameters[key] if key in parameters else compiled.params[key] for key in order]
+    (row,) = await run(str(compiled), *arguments)
+    return list(row)
+
+
+async def test_sql_names_the_same_queue_and_topic_as_python(sql: Sql) -> None:
+    channel = bindparam("channel", type_=Text)
+    for name in NAMES:
+        queue, topic = await _select(
+            sql,
+            [sql_module.queue_of(channel), sql_module.topic_of(sql_module.queue_of(channel))],
+            {"channel": name, "prefix": "pfx"},
+        )
+        assert (queue, topic) == (non_local_name(name), topic_for("pfx", non_local_name(name)))
+
+
+CAPACITY_PATTERNS: list[dict[Any, int]] = [
+    {"tiny.*": 1, re.compile(r"^roomy\."): 3},
+    {"*!*": 7, "chat": 2},
+    {"[!c]*": 4, "a[[]b": 5, "?.c": 6},
+    {re.compile(r"tiny\.", re.IGNORECASE): 8, re.compile(r"specific\.\w+!$"): 9, re.compile("(?i)B"): 10},
+]
+
+
+@pytest.mark.parametrize("patterns", CAPACITY_PATTERNS, ids=lambda patterns: repr(list(patterns)))
+async def test_sql_gives_every_channel_the_capacity_python_gives_it(
+    sql: Sql, patterns: dict[Any, int]
+) -> None:
+    config = build_config({"url": "postgresql://localhost/x", "capacity": 100, "channel_capacity": patterns})
+    channel = bindparam("channel", type_=Text)
+    for name in NAMES:
+        (capacity,) = await _select(
+            sql, [sql_module.capacity_of(channel)], {"channel": name, **config.capacity_parameters()}
+        )
+        assert capacity == config.capacity_for(name), name
+
+
+@pytest.mark.parametrize("pattern", [r"(?P<room>chat)\.x", r"chat\b", r"a(?i:b)"])
+def test_a_capacity_regex_postgresql_would_read_differently_is_refused(pattern: str) -> None:
+    with pytest.raises(ValueError, match="channel_capacity pattern"):
+        build_config({"url": "postgresql://localhost/x", "channel_capacity": {re.compile(pattern): 1}})
