@@ -156,14 +156,11 @@ def capacity_of(channel: Any) -> Any:
     """``channel``'s capacity: the first of the patterns it matches, else the default.
 
     The patterns are config.LayerConfig.channel_capacity translated to PostgreSQL regular
-    expressions (config.sql_capacity_patterns), bound as parallel arrays; empty arrays cost
-    one empty function scan per channel.
+    expressions (config.LayerConfig.capacity_parameters), bound as parallel arrays.
     """
+    pattern_list = bindparam("capacity_patterns", type_=ARRAY(Text))
     patterns = (
-        func.unnest(
-            bindparam("capacity_patterns", type_=ARRAY(Text)),
-            bindparam("capacity_limits", type_=ARRAY(BigInteger)),
-        )
+        func.unnest(pattern_list, bindparam("capacity_limits", type_=ARRAY(BigInteger)))
         .table_valued("pattern", "capacity", with_ordinality="ord")
         .render_derived(with_types=False)
         .alias("pattern")
@@ -175,4 +172,6 @@ def capacity_of(channel: Any) -> Any:
         .limit(1)
         .scalar_subquery()
     )
-    return func.coalesce(first_match, bindparam("capacity", type_=BigInteger))
+    default = bindparam("capacity", type_=BigInteger)
+    # CASE runs the subquery only when there are patterns: most layers have none.
+    return case((func.cardinality(pattern_list) == 0, default), else_=func.coalesce(first_match, default))

@@ -169,7 +169,12 @@ def _build_group_send() -> Select[Any]:
     is_here = func.coalesce(func.right(members.c.queue, func.length(own_suffix)) == own_suffix, false())
     # One id span per queue, however many of its process's members the group has.
     queues = select(members.c.queue).where(~is_here).distinct().subquery("queues")
-    spans = select(queues.c.queue, sql.id_span(queues.c.queue, correlate=queues).label("span")).cte("spans")
+    # MATERIALIZED: inlined, the planner evaluates the span once per member instead.
+    spans = (
+        select(queues.c.queue, sql.id_span(queues.c.queue, correlate=queues).label("span"))
+        .cte("spans")
+        .prefix_with("MATERIALIZED")
+    )
     roomy = (
         select(members.c.queue, members.c.channel)
         .join_from(members, spans, spans.c.queue == members.c.queue)
