@@ -49,7 +49,7 @@ class LayerStats:
     channel_count: int  # channels with queued messages
     channels: tuple[Backlog, ...]  # largest first; a group message counts for each recipient
     process_count: int  # layer instances whose process-local channels have queued messages
-    processes: tuple[Backlog, ...]  # rows per process queue, largest first (capacity counts per channel)
+    processes: tuple[Backlog, ...]  # rows per process queue, largest first
     group_count: int
     membership_count: int
     lapsed_memberships: int  # lapsed memberships the periodic cleanup has not removed yet
