@@ -31,17 +31,16 @@ from sqlalchemy.sql.base import Executable
 
 from ..naming import listener_application_name
 from ..stats import Backlog, GroupSize, LayerStats, ListenSession
+from . import sql
 from .schema import group_member, message
 
 Fetch = Callable[[Executable, dict[str, Any]], Awaitable[list[Any]]]
 
-_prefix = bindparam("prefix", type_=Text)
 _limit = bindparam("limit", type_=BigInteger)
-_now = func.statement_timestamp()
 
 
 def _seconds_until(moment: Any) -> Any:
-    return func.extract("epoch", moment - _now)
+    return func.extract("epoch", moment - sql.now)
 
 
 def _row(kind: str, name: Any, live: Any, expired: Any, expires_in: Any, entries: Any) -> Any:
@@ -63,7 +62,7 @@ def _build_stats() -> Any:
     awaiting cleanup; totals only), expires_in (seconds until the oldest live message
     expires) and entries (how many channels, processes or groups there are in all).
     """
-    live = message.c.expires_at > _now
+    live = message.c.expires_at > sql.now
     grouped = (
         select(
             message.c.queue,
@@ -73,7 +72,7 @@ def _build_stats() -> Any:
             func.count().filter(~live).label("expired"),
             func.min(message.c.expires_at).filter(live).label("oldest"),
         )
-        .where(message.c.prefix == _prefix)
+        .where(message.c.prefix == sql.prefix)
         .group_by(message.c.queue, message.c.channel, message.c.recipients)
         .cte("grouped")
     )
@@ -117,14 +116,14 @@ def _build_stats() -> Any:
         None,
     )
 
-    member_live = group_member.c.expires_at > _now
+    member_live = group_member.c.expires_at > sql.now
     per_group = (
         select(
             group_member.c.group_name.label("name"),
             func.count().filter(member_live).label("live"),
             func.count().filter(~member_live).label("lapsed"),
         )
-        .where(group_member.c.prefix == _prefix)
+        .where(group_member.c.prefix == sql.prefix)
         .group_by(group_member.c.group_name)
         .cte("per_group")
     )
@@ -170,7 +169,7 @@ LISTENERS = (
             (_activity.c.client_addr.is_(None), literal_column("'local socket'", Text)),
             else_=func.host(_activity.c.client_addr) + ":" + cast(_activity.c.client_port, Text),
         ).label("client"),
-        cast(func.extract("epoch", _now - _activity.c.backend_start), Float).label("connected_for"),
+        cast(func.extract("epoch", sql.now - _activity.c.backend_start), Float).label("connected_for"),
         func.count().over().label("entries"),
     )
     .where(
