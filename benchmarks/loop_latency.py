@@ -28,6 +28,8 @@ from channel_layer_pg.loops import DIRECT_AFTER_CALLS
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/loops_wt"
 CHANNEL = "bench.loop-latency"
 WARM_UP = 200
+MAIN = "main thread's loop, served directly"
+THREAD = "loop in another thread, served directly"
 
 
 async def round_trips(layer: PostgresChannelLayer, count: int) -> list[float]:
@@ -81,13 +83,14 @@ def percentiles(times: list[float]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=os.environ.get("CHANNEL_LAYER_PG_URL", DEFAULT_URL))
-    parser.add_argument("--count", type=int, default=2000, help="round trips a round (default: 2000)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds, alternating the loops (default: 5)")
+    parser.add_argument("--count", type=int, default=1000, help="round trips a round (default: 1000)")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds, alternating the loops (default: 10)")
     args = parser.parse_args()
     options: dict[str, Any] = {}
     print(f"channel_layer_pg from {os.path.dirname(channel_layer_pg.__file__)}")
     print(f"{args.count} send+receive round trips per round on one normal channel, {args.rounds} rounds")
     rows: dict[str, list[tuple[float, float]]] = {}
+    pooled: dict[str, list[float]] = {}
     for number in range(args.rounds):
         results = {"main thread's loop": asyncio.run(scenario(args.url, args.count, options))}
         results["loop in another thread"] = in_a_thread(args.url, args.count, options)
@@ -95,6 +98,7 @@ def main() -> None:
             for route, times in by_route.items():
                 p50, p99 = percentiles(times)
                 rows.setdefault(f"{where}, {route}", []).append((p50, p99))
+                pooled.setdefault(f"{where}, {route}", []).extend(times)
                 line = f"{where}, {route} ({len(times)}): p50 {p50:.3f}, p99 {p99:.3f} ms"
                 print(f"  round {number + 1}: {line}")
     print("ranges over the rounds (ms):")
@@ -104,12 +108,17 @@ def main() -> None:
             f"  {name:<48} p50 {min(p50s):.3f}-{max(p50s):.3f} (median {statistics.median(p50s):.3f}), "
             f"p99 {min(p99s):.3f}-{max(p99s):.3f}"
         )
-    main_p50 = [p50 for p50, _ in rows["main thread's loop, served directly"]]
-    thread_p50 = [p50 for p50, _ in rows["loop in another thread, served directly"]]
+    print("all rounds pooled (ms):")
+    for name, times in pooled.items():
+        p50, p99 = percentiles(times)
+        print(f"  {name:<48} p50 {p50:.3f}, p99 {p99:.3f}")
+    main_p50 = [p50 for p50, _ in rows[MAIN]]
+    thread_p50 = [p50 for p50, _ in rows[THREAD]]
     ratios = [thread / main for main, thread in zip(main_p50, thread_p50, strict=True)]
+    pooled_ratio = percentiles(pooled[THREAD])[0] / percentiles(pooled[MAIN])[0]
     print(
         f"thread p50 / main p50, per round: {', '.join(f'{ratio:.3f}' for ratio in ratios)} "
-        f"(median {statistics.median(ratios):.3f})"
+        f"(median {statistics.median(ratios):.3f}); pooled: {pooled_ratio:.3f}"
     )
 
 
