@@ -66,9 +66,10 @@ class PostgresChannelLayer:
     def direct_loops(self) -> int:
         """How many event loops the layer serves directly now, each with connections of its own.
 
-        The main thread's loop is served directly from its first call, any other long-lived
-        loop after its first 100; async_to_sync's per-call loops never are: their calls, and
-        those first ones, run on the layer's own I/O thread, which is not counted here.
+        The main thread's loop is served directly from its first call, any other loop after its
+        first loops.DIRECT_AFTER_CALLS (100) calls; async_to_sync's per-call loops never are.
+        Their calls, and those first ones, run on the layer's own I/O thread, not counted here.
+        A loop stops counting when it ends (see loops.py).
         """
         return self._loops.direct_count
 
