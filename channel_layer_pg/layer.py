@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timezone
@@ -16,7 +15,7 @@ from .config import build_config
 from .droplog import DropLog
 from .errors import ChannelFull, DatabaseUnreachableError, LayerClosedError
 from .local import Claimed, ClaimedBuffer
-from .loops import IoThread
+from .loops import EventLoops
 from .naming import is_process_local, non_local_name, validate_channel_name, validate_group_name
 from .stats import LayerStats, with_held_in_process
 from .store import statements
@@ -29,14 +28,6 @@ T = TypeVar("T")
 Operation = Callable[[LoopBackend], Coroutine[Any, Any, T]]
 
 logger = logging.getLogger("channel_layer_pg")
-
-
-async def _on_loop(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, None]) -> None:
-    """Run ``coroutine`` on ``loop`` (the caller's or another thread's) and wait for it."""
-    if loop is asyncio.get_running_loop():
-        await coroutine
-    else:
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
 
 
 class PostgresChannelLayer:
@@ -60,19 +51,26 @@ class PostgresChannelLayer:
         # Names this instance alone may receive on end their non-local part with this.
         self.client_prefix = secrets.token_hex(6)
         self._own_queue_suffix = f".{self.client_prefix}!"
-        # The application's main loop is served directly; every other loop (async_to_sync's
-        # per-call loops, loops in worker threads) through the layer's own I/O thread.
-        self._home: tuple[asyncio.AbstractEventLoop, LoopBackend] | None = None
         self._buffer = ClaimedBuffer()
-        self._io = IoThread(name=f"channel_layer_pg-{self.client_prefix}")
-        self._io_backend: LoopBackend | None = None
-        # async_to_sync calls arrive from several threads at once; one I/O backend serves them.
-        self._io_backend_lock = threading.Lock()
+        # Long-lived loops are served directly, each with its own connections; async_to_sync's
+        # per-call loops through the layer's own I/O thread (see loops.py for the rule).
+        self._loops = EventLoops(f"channel_layer_pg-{self.client_prefix}", self._new_backend)
         self._closed = False
         self._drops = DropLog()
 
     def __repr__(self) -> str:
         return f"<PostgresChannelLayer {self._config.safe_url} prefix={self.prefix!r}>"
+
+    @property
+    def direct_loops(self) -> int:
+        """How many event loops the layer serves directly now, each with connections of its own.
+
+        The main thread's loop is served directly from its first call, any other loop after its
+        first loops.DIRECT_AFTER_CALLS (100) calls; async_to_sync's per-call loops never are.
+        Their calls, and those first ones, run on the layer's own I/O thread, not counted here.
+        A loop stops counting when it ends (see loops.py).
+        """
+        return self._loops.direct_count
 
     async def __aenter__(self) -> PostgresChannelLayer:
         try:
@@ -252,63 +250,11 @@ class PostgresChannelLayer:
             return
         self._closed = True
         self._drops.flush()
-        error = LayerClosedError("the channel layer was closed")
-        # A loop that is no longer running took its connections with it.
-        backends = [(loop, backend) for loop, backend in self._backends() if loop.is_running()]
-        self._home, self._io_backend = None, None
-        for loop, backend in backends:
-            await _on_loop(loop, backend.stop_receiving(error))
-        # Only now, with no receive left on any loop: what their claims left in the buffer
-        # for a normal channel goes back to the table, for other processes to receive.
-        unreceived = self._buffer.take_shared()
-        if unreceived and backends:
-            loop, backend = backends[0]
-            await _on_loop(loop, backend.put_back(unreceived))
-        elif unreceived:
-            logger.warning(
-                "%d claimed messages no receive took are lost: no event loop of this layer is "
-                "running to put them back in the table",
-                len(unreceived),
-            )
-        for loop, backend in backends:
-            await _on_loop(loop, backend.release())
-        await self._io.stop()
+        await self._loops.close(LayerClosedError("the channel layer was closed"), self._buffer.take_shared)
 
     # -- routing to the backend of the calling event loop -----------------------------------
 
-    def _backends(self) -> list[tuple[asyncio.AbstractEventLoop, LoopBackend]]:
-        backends = [self._home] if self._home is not None else []
-        io_loop = self._io.running_loop
-        if self._io_backend is not None and io_loop is not None:
-            backends.append((io_loop, self._io_backend))
-        return backends
-
-    def _route(self) -> tuple[LoopBackend, IoThread | None]:
-        """The backend for the calling loop, and the I/O thread if the call must hop there."""
-        if self._closed:
-            raise LayerClosedError("this channel layer was closed; create a new one")
-        loop = asyncio.get_running_loop()
-        if self._home is not None and self._home[0] is loop:
-            return self._home[1], None
-        # The main thread's loop is the application's (an ASGI server, a test); async_to_sync
-        # always runs its loops in other threads.
-        if threading.current_thread() is threading.main_thread() and (
-            self._home is None or self._home[0].is_closed()
-        ):
-            if self._home is not None:
-                logger.warning(
-                    "the event loop %r closed without closing the channel layer first; "
-                    "its connections were abandoned",
-                    self._home[0],
-                )
-            self._home = (loop, self._new_backend(use_given_engine=True))
-            return self._home[1], None
-        with self._io_backend_lock:
-            if self._io_backend is None:
-                self._io_backend = self._new_backend(use_given_engine=False)
-            return self._io_backend, self._io
-
-    def _new_backend(self, *, use_given_engine: bool) -> LoopBackend:
+    def _new_backend(self, use_given_engine: bool) -> LoopBackend:
         return LoopBackend(self._config, self._buffer, self._wake_readers, use_given_engine=use_given_engine)
 
     def _owns(self, queue: str) -> bool:
@@ -335,15 +281,7 @@ class PostgresChannelLayer:
 
     def _wake_readers(self, queue: str) -> None:
         """Rows of ``queue`` were buffered: readers on every loop should look (thread-safe)."""
-        try:
-            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            current = None
-        for loop, backend in self._backends():
-            if loop is current:
-                backend.wake_reader(queue)
-            elif not loop.is_closed():
-                loop.call_soon_threadsafe(backend.wake_reader, queue)
+        self._loops.wake_readers(queue)
 
     async def _writer(self, connection: ApplicationConnection) -> TransactionalWriter:
         return await TransactionalWriter.join(
@@ -355,13 +293,13 @@ class PostgresChannelLayer:
         )
 
     async def _call(self, operation: Operation[T]) -> T:
-        backend, io = self._route()
+        backend, io = self._loops.route()
         if io is None:
             return await operation(backend)
         return await io.run(operation(backend))
 
     async def _receive(self, queue: str, channel: str) -> Claimed:
-        backend, io = self._route()
+        backend, io = self._loops.route()
         if io is None:
             return await backend.receive(queue, channel)
 
