@@ -1,7 +1,8 @@
 """Everything the layer holds on one event loop: an engine, a listener, readers, cleanup.
 
 asyncpg connections belong to the loop that opened them, so a backend is used only on the
-loop it was made for: the application's main loop, or the layer's own I/O thread.
+loop it was made for: a loop the layer serves directly, or the layer's own I/O thread
+(loops.py decides which).
 """
 
 from __future__ import annotations
