@@ -86,7 +86,7 @@ def parse_compare(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--vacuum",
         action="store_true",
-        help="VACUUM ANALYZE channel_layer_pg's tables first (a server with autovacuum off never removes their dead rows)",
+        help="VACUUM ANALYZE channel_layer_pg's tables first (with autovacuum off, their dead rows stay)",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--params", type=json.loads, help=argparse.SUPPRESS)

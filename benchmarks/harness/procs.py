@@ -242,7 +242,7 @@ class CpuMeter:
 
         def cores(key: str) -> float:
             # A process that started during the window counts from its start.
-            return sum(s - last[key].get(pid, 0.0) for pid, s in now[key].items()) / wall
+            return float(sum(s - last[key].get(pid, 0.0) for pid, s in now[key].items()) / wall)
 
         return {
             "pg_cores": cores("pg") if now["pg"] else None,

@@ -47,13 +47,13 @@ async def cross_process(ctx: Context) -> Outcome:
             while not (report := await _poll(receiver, ctx)):
                 pass
             await sent
-        except WorkerFailed:
+        except WorkerFailed as failed:
             # The sender's own error usually says why the receiver saw nothing.
-            if sent.done() and not sent.cancelled() and sent.exception() is not None:
-                exc = sent.exception()  # type: ignore[assignment]
-            if "TimeoutError" in str(exc):
-                raise TimeoutError(str(exc)) from None
-            raise WorkloadError(str(exc)) from None
+            error = sent.exception() if sent.done() and not sent.cancelled() else None
+            text = str(error or failed)
+            if "TimeoutError" in text:
+                raise TimeoutError(text) from None
+            raise WorkloadError(text) from None
         finally:
             sent.cancel()
     finally:

@@ -166,12 +166,17 @@ async def run(args: argparse.Namespace) -> int:
         "seconds": round(total),
     }
     out = args.out or (os.path.join(tempfile.gettempdir(), "scaling-quick") if args.quick else DEFAULT_OUT)
+    write(figures, out)
+    return 0 if all("error" not in r for r in results.values()) else 1
+
+
+def write(figures: dict[str, Any], out: str) -> None:
+    """The raw figures as JSON, and the PNG drawn from them, once every series has run."""
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(f"{out}.json", "w") as file:
         json.dump(figures, file, indent=1)
     draw(figures, f"{out}.png")
     print(f"wrote {out}.json and {out}.png")
-    return 0 if all("error" not in r for r in results.values()) else 1
 
 
 def draw(figures: dict[str, Any], path: str) -> None:

@@ -117,7 +117,8 @@ class Log:
         records = zip(self.senders, self.kinds, self.seqs, self.to, strict=True)
         return {
             "records": [[s, ALL_KINDS[k] if k >= 0 else "unknown", q, t] for s, k, q, t in records],
-            "errors": self.errors, "cancelled": self.cancelled, "idle": self.idle, "cut_short": self.cut_short,
+            "errors": self.errors, "cancelled": self.cancelled, "idle": self.idle,
+            "cut_short": self.cut_short,
         }  # fmt: skip
 
 
@@ -343,7 +344,12 @@ class Monitor:
         line += [num(row.get("pg_cores"), "{:.2f}"), num(row.get("py_cores"), "{:.2f}")]
         line += [num(mb, "{:.0f}") for mb in row["rss"]]
         self.rows.append(line)
-        print("  ".join(line), flush=True)
+        print(self.line(line), flush=True)
+
+    def line(self, cells: Sequence[str]) -> str:
+        return " ".join(
+            f"{cell:>{max(len(title), 5)}}" for cell, title in zip(cells, self.rows[0], strict=True)
+        )
 
     async def sample_every(self) -> None:
         while True:
@@ -391,7 +397,7 @@ async def run(args: argparse.Namespace, url: str) -> int:
         for i, worker in enumerate(workers):
             worker.command(command="start", peers=[[j, c] for j, c in enumerate(channels) if j != i])
         monitor = Monitor(conn, prefix, workers)
-        print("  ".join(monitor.rows[0]))
+        print(monitor.line(monitor.rows[0]))
         await monitor.sample()
         sampler = asyncio.create_task(monitor.sample_every())
         await expect_all(workers, "sent", args.duration + STARTUP_TIMEOUT)
@@ -470,14 +476,16 @@ def report(results: Sequence[dict[str, Any]], samples: Sequence[dict[str, Any]],
     rows = [[kind, *(str(counts[c]) for c in COLUMNS)] for kind, counts in tallies.items()]
     print("\n" + render(["kind", *COLUMNS], [*rows, ["total", *(str(total[c]) for c in COLUMNS)]]))
     print(
-        "(group: sent counts group_send calls, expected one delivery per member; nobody: never read, expected to expire, not in the total)\n"
+        "(group: sent counts group_send calls, expected one delivery per member; nobody: never read, "
+        "expected to expire, not in the total)\n"
     )
     for result in results:
         sent, receive = len(result["sent"]["records"]), result["receive"]
         print(
             f"worker {result['index']}: sent {sent} in {result['send_seconds']:.1f} s "
-            f"({sent / max(result['send_seconds'], 1e-9):.0f}/s; over 1 s behind schedule {result['fell_behind']} "
-            f"times); receives cancelled early: work {receive['work']['cancelled']}, local {receive['local']['cancelled']}; "
+            f"({sent / max(result['send_seconds'], 1e-9):.0f}/s; over 1 s behind schedule "
+            f"{result['fell_behind']} times); receives cancelled early: work {receive['work']['cancelled']}, "
+            f"local {receive['local']['cancelled']}; "
             f"idle timeouts: work {receive['work']['idle']}, local {receive['local']['idle']}"
         )
         problems = [f"send error x{n}: {text}" for text, n in result["sent"]["errors"].items()]
@@ -490,7 +498,8 @@ def report(results: Sequence[dict[str, Any]], samples: Sequence[dict[str, Any]],
 
         def trend(values: Sequence[float | None]) -> str:
             known = [v for v in values if v is not None]
-            return " / ".join(f"{v:,.1f}" for v in (known[0], max(known), known[-1])) if known else "-"
+            picked = (known[0], max(known), known[-1]) if known else ()
+            return " / ".join(f"{v:,.0f}" if float(v).is_integer() else f"{v:,.1f}" for v in picked) or "-"
 
         sending = [s for s in samples if s["phase"] == "send" and s.get("py_cores") is not None]
         print("\nfirst / highest / last sample:")
@@ -504,8 +513,9 @@ def report(results: Sequence[dict[str, Any]], samples: Sequence[dict[str, Any]],
         if sending:
             pg = [s["pg_cores"] for s in sending if s.get("pg_cores") is not None]
             print(
-                f"  CPU while sending (means): machine {sum(s['machine_cores'] for s in sending) / len(sending):.2f} "
-                f"cores; layer's PostgreSQL sessions {f'{sum(pg) / len(pg):.2f}' if pg else '-'} cores; workers "
+                "  CPU while sending (means): machine "
+                f"{sum(s['machine_cores'] for s in sending) / len(sending):.2f} cores; layer's PostgreSQL "
+                f"sessions {f'{sum(pg) / len(pg):.2f}' if pg else '-'} cores; workers "
                 f"{sum(s['py_cores'] for s in sending) / len(sending):.2f} cores"
             )
     if left:
