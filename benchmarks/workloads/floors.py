@@ -30,28 +30,29 @@ _DELETE_OLDEST = (
 )
 
 
-def _median_ms(call: Callable[[], Any]) -> float:
-    for _ in range(50):  # prepared statements, caches
-        call()
-    rounds = []
-    for _ in range(5):
-        started = time.perf_counter()
-        for _ in range(400):
-            call()
-        rounds.append((time.perf_counter() - started) / 400 * 1000)
-    return statistics.median(rounds)
+async def _median_ms(timed: Callable[[int], Awaitable[float]]) -> float:
+    """Median ms per call over 5 rounds of 400; ``timed(n)`` makes n calls, returns the seconds."""
+    await timed(50)  # not counted: prepared statements, caches
+    return statistics.median([await timed(400) / 400 * 1000 for _ in range(5)])
 
 
-async def _amedian_ms(operation: Callable[[], Awaitable[Any]]) -> float:
-    for _ in range(50):
-        await operation()
-    rounds = []
-    for _ in range(5):
+def _calls(operation: Callable[[], Awaitable[Any]]) -> Callable[[int], Awaitable[float]]:
+    async def timed(n: int) -> float:
         started = time.perf_counter()
-        for _ in range(400):
+        for _ in range(n):
             await operation()
-        rounds.append((time.perf_counter() - started) / 400 * 1000)
-    return statistics.median(rounds)
+        return time.perf_counter() - started
+
+    return timed
+
+
+def _sync_calls(n: int) -> float:
+    """n calls of async_to_sync, in a thread with no event loop (asyncio.to_thread's)."""
+    call = async_to_sync(_nothing)
+    started = time.perf_counter()
+    for _ in range(n):
+        call()
+    return time.perf_counter() - started
 
 
 async def _nothing() -> None:
@@ -68,14 +69,14 @@ async def floors(pg_url: str) -> str:
             await conn.execute(_INSERT, PREFIX, queue, payload)
             await conn.fetchval(_DELETE_OLDEST, PREFIX, queue)
 
-        round_trip = await _amedian_ms(lambda: conn.fetchval("SELECT 1"))
-        send_receive = await _amedian_ms(insert_then_delete)
+        round_trip = await _median_ms(_calls(lambda: conn.fetchval("SELECT 1")))
+        send_receive = await _median_ms(_calls(insert_then_delete))
     finally:
         try:
             await conn.execute("DELETE FROM channel_layer_pg_message WHERE prefix = $1", PREFIX)
         finally:
             await conn.close()
-    sync_call = await asyncio.to_thread(_median_ms, async_to_sync(_nothing))
+    sync_call = await _median_ms(lambda n: asyncio.to_thread(_sync_calls, n))
     return (
         f"floors (no layer): a round trip (SELECT 1) {round_trip:.2f} ms; INSERT then DELETE … RETURNING of "
         f"one row in the layer's table {send_receive:.2f} ms (the least a send plus a receive can cost); "

@@ -22,6 +22,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, ExitStack
+from functools import partial
 from typing import Any
 
 from harness.cli import add_url, print_header
@@ -127,23 +128,24 @@ async def measure(url: str, rounds: int, trips: int, inserts: int) -> list[list[
                             f"{statistics.median(rates):,.0f}/s",
                         ]
                     )
-            n = inserts // rounds
+            # label: (url, statement cache, statement on connect, SET LOCAL in each transaction)
+            inserts_by = {
+                "direct, named statements, synchronous_commit=off": (url, True, SYNC_OFF, False),
+                "direct, unnamed statements, synchronous_commit=off": (url, False, SYNC_OFF, False),
+                "PgBouncer, connect_query synchronous_commit=off": (off.url, False, None, False),
+                "PgBouncer, BEGIN; SET LOCAL synchronous_commit=off; INSERT; COMMIT": (
+                    on.url,
+                    False,
+                    None,
+                    True,
+                ),
+                "PgBouncer, server's synchronous_commit=on": (on.url, False, None, False),
+            }
             setups: dict[str, Callable[[], Awaitable[Any]]] = {
-                "direct, named statements, synchronous_commit=off": lambda: insert_rate(
-                    url, n, cache=True, setup=SYNC_OFF, set_local=False
-                ),
-                "direct, unnamed statements, synchronous_commit=off": lambda: insert_rate(
-                    url, n, cache=False, setup=SYNC_OFF, set_local=False
-                ),
-                "PgBouncer, connect_query synchronous_commit=off": lambda: insert_rate(
-                    off.url, n, cache=False, setup=None, set_local=False
-                ),
-                "PgBouncer, BEGIN; SET LOCAL synchronous_commit=off; INSERT; COMMIT": lambda: insert_rate(
-                    on.url, n, cache=False, setup=None, set_local=True
-                ),
-                "PgBouncer, server's synchronous_commit=on": lambda: insert_rate(
-                    on.url, n, cache=False, setup=None, set_local=False
-                ),
+                label: partial(
+                    insert_rate, target, inserts // rounds, cache=cache, setup=setup, set_local=local
+                )
+                for label, (target, cache, setup, local) in inserts_by.items()
             }
             for label, rates in (await _medians(setups, rounds)).items():
                 rows.append([f"INSERTs, {label}", f"{statistics.median(rates):,.0f}/s"])
