@@ -18,31 +18,30 @@ import statistics
 import time
 from typing import Any
 
-from bench_layers import CAPACITY
-from bench_workloads import fresh_prefix
-from scaling_common import (
-    CPU_COLUMNS,
+from harness.compare import fresh_prefix
+from harness.db import connections_by_database, first_line, layer_connections
+from harness.layers import CAPACITY, ours
+from harness.procs import (
     STARTUP_TIMEOUT,
-    Column,
-    CpuMeter,
-    Series,
     WorkerFailed,
     centiles,
     command_reader,
-    connections_by_database,
-    count_connections,
     emit,
+    expect_all,
     next_command,
     start_workers,
     stop_workers,
-    worker_url,
+    worker_services,
 )
+from harness.table import Column
+
+from workloads.scaling import CPU_COLUMNS, Context, Series
 
 ATTEMPTS = 2  # a point may fail for want of server connections while other work holds them
 RETRY_PAUSE = 10.0
 CHANNELS = 50  # consumers per process
 TOKENS = 20  # messages each process keeps in flight
-_PAD = "x" * 100  # about a small chat event, as in bench.py
+_PAD = "x" * 100  # about a small chat event, as in the comparison
 
 COLUMNS = (
     Column("processes", "processes"),
@@ -56,7 +55,7 @@ COLUMNS = (
 )
 
 
-async def run(ctx: Any) -> Series:
+async def run(ctx: Context) -> Series:
     series = Series(
         "processes",
         f"N processes, each with {CHANNELS} consumers and {TOKENS} messages in flight, "
@@ -80,11 +79,9 @@ async def run(ctx: Any) -> Series:
                 await asyncio.sleep(RETRY_PAUSE)
                 continue
             runs[n].append(run_row)
-            ctx.progress(series, run_row)
+            series.add(run_row)
             break
-    for rows in runs.values():
-        if rows:
-            series.rows.append(_median_row(rows))
+    series.rows = [_median_row(rows) for rows in runs.values() if rows]
     series.raw["runs"] = [row for n in ctx.plan.processes for row in runs[n]]
     series.notes.append(
         "each point runs twice, going up the process counts and down again; the table shows the median "
@@ -97,31 +94,31 @@ async def run(ctx: Any) -> Series:
     return series
 
 
-async def _one(ctx: Any, n: int) -> dict[str, Any]:
+async def _one(ctx: Context, n: int) -> dict[str, Any]:
     prefix = fresh_prefix()
     params = [{"prefix": prefix, "index": i} for i in range(n)]
-    workers = await start_workers(ctx.script, ctx.url, "hops", params)
+    workers = await start_workers("hops", ctx.url, params)
     try:
-        readies = await asyncio.gather(*(w.expect("ready", STARTUP_TIMEOUT) for w in workers))
+        readies = await expect_all(workers, "ready", STARTUP_TIMEOUT)
         channels = [r["channels"] for r in readies]
         begin = time.monotonic() + 0.2
         start, stop = begin + ctx.plan.warmup, begin + ctx.plan.warmup + ctx.plan.window
         for i, worker in enumerate(workers):
             others = [c for j, chs in enumerate(channels) if j != i or n == 1 for c in chs]
             worker.command(command="go", begin=begin, start=start, stop=stop, destinations=others)
-        meter = CpuMeter(ctx.conn)
+        meter = ctx.meter(tuple(w.pid for w in workers))
         await asyncio.sleep(max(0.0, start - time.monotonic()))
-        await meter.start([w.pid for w in workers])
+        await meter.read()
         connections = 0
         while time.monotonic() < stop:
-            connections = max(connections, await count_connections(ctx.conn))
+            connections = max(connections, await layer_connections(ctx.conn, listeners=False))
             await asyncio.sleep(min(0.5, max(0.0, stop - time.monotonic())))
-        cpu = await meter.stop()
-        results = await asyncio.gather(*(w.expect("result", ctx.plan.window + 60) for w in workers))
+        cpu = await meter.read()
+        results = await expect_all(workers, "result", ctx.plan.window + 60)
     except WorkerFailed as exc:
         # Who holds the server's connections while the workers still hold theirs says why.
         held = await connections_by_database(ctx.conn)
-        raise WorkerFailed(f"{_first_line(exc)}; server connections then: {held}") from exc
+        raise WorkerFailed(f"{first_line(exc)}; server connections then: {held}") from exc
     finally:
         await stop_workers(workers)
         await ctx.flush(prefix)
@@ -137,11 +134,6 @@ async def _one(ctx: Any, n: int) -> dict[str, Any]:
         "connections": connections,
         **cpu,
     }
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -160,10 +152,8 @@ def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def worker(params: dict[str, Any]) -> None:
-    from channel_layer_pg import PostgresChannelLayer
-
     commands = await command_reader()
-    layer = PostgresChannelLayer(url=worker_url(), prefix=params["prefix"], capacity=CAPACITY)
+    layer = ours(worker_services()[0], params["prefix"], capacity=CAPACITY)
     try:
         channels = [await layer.new_channel() for _ in range(CHANNELS)]
         # Not timed: opens the pool and the LISTEN connection.
@@ -212,3 +202,6 @@ async def _pass_on(layer: Any, channels: list[str], go: dict[str, Any]) -> None:
         emit(error=f"a consumer failed: {failed[0]!r}")
         return
     emit(event="result", count=len(latencies), latencies=[round(s, 6) for s in latencies])
+
+
+WORKERS = {"hops": worker}

@@ -1,4 +1,4 @@
-"""Series 2 and 5: group size, and the memory of a receiving process under fan-out.
+"""Scaling series 2 and 5: group size, and the memory of a receiving process under fan-out.
 
 Members live in worker processes ("members" mode): each makes its share of process-local
 channels, adds them to the group concurrently, and runs a consumer per member. This process
@@ -17,24 +17,24 @@ import time
 from collections import Counter
 from typing import Any
 
-from bench_workloads import fresh_prefix, token
-from scaling_common import (
-    CPU_COLUMNS,
+from harness.compare import fresh_prefix, token
+from harness.db import execution_ms, explain_analyze
+from harness.layers import internal, ours
+from harness.procs import (
     STARTUP_TIMEOUT,
-    Column,
-    CpuMeter,
-    Series,
     Worker,
     command_reader,
     emit,
-    execution_ms,
-    explain_analyze,
+    expect_all,
     next_command,
     rss_mb,
     start_workers,
     stop_workers,
-    worker_url,
+    worker_services,
 )
+from harness.table import Column
+
+from workloads.scaling import CPU_COLUMNS, Context, Series
 
 ADD_CONCURRENCY = 20  # group_adds in flight per process: the pool's size plus its overflow
 DELIVERY_TIMEOUT = 120.0  # a group_send to 10,000 members of one process may take seconds
@@ -68,7 +68,7 @@ MEMORY_COLUMNS = (
 # -- series 2: group size ---------------------------------------------------------------------
 
 
-async def run_group(ctx: Any) -> Series:
+async def run_group(ctx: Context) -> Series:
     series = Series(
         "group",
         "group_send from one process to N process-local members in 1 or 2 other processes",
@@ -77,9 +77,8 @@ async def run_group(ctx: Any) -> Series:
     for members in ctx.plan.group_sizes:
         for processes in (1, 2):
             plan, row = await _group_one(ctx, members, processes)
-            series.rows.append(row)
             series.raw[f"claim_plan_{members // processes}"] = plan
-            ctx.progress(series, row)
+            series.add(row)
     largest = max(ctx.plan.group_sizes)
     _, all_but_one = await claim_cost(ctx.conn, largest, largest - 1)
     series.raw[f"claim_plan_{largest}_all_but_one"] = all_but_one
@@ -99,20 +98,18 @@ async def run_group(ctx: Any) -> Series:
     return series
 
 
-async def _group_one(ctx: Any, members: int, processes: int) -> tuple[str, dict[str, Any]]:
+async def _group_one(ctx: Context, members: int, processes: int) -> tuple[str, dict[str, Any]]:
     """One point: the claim's EXPLAIN ANALYZE text, and the row for the table."""
-    from channel_layer_pg import PostgresChannelLayer
-
     prefix, group = fresh_prefix(), f"scaling-{token()}"
     share = [members // processes + (1 if i < members % processes else 0) for i in range(processes)]
     params = [{"prefix": prefix, "group": group, "members": n, "receiving": n} for n in share]
-    layer = PostgresChannelLayer(url=ctx.url, prefix=prefix, capacity=ctx.plan.big_capacity)
-    workers = await start_workers(ctx.script, ctx.url, "members", params)
+    layer = ours(ctx.url, prefix, capacity=ctx.plan.big_capacity)
+    workers = await start_workers("members", ctx.url, params)
     try:
-        added = await asyncio.gather(*(w.expect("added", STARTUP_TIMEOUT + 120) for w in workers))
+        added = await expect_all(workers, "added", STARTUP_TIMEOUT + 120)
         await _round(layer, group, workers, -1)  # warm-up: every consumer is waiting after it
-        meter = CpuMeter(ctx.conn)
-        await meter.start([w.pid for w in workers])
+        meter = ctx.meter(tuple(w.pid for w in workers))
+        await meter.read()
         calls: list[float] = []
         lasts: list[float] = []
         # Enough rounds, and enough seconds for the CPU figures to mean something.
@@ -121,7 +118,7 @@ async def _group_one(ctx: Any, members: int, processes: int) -> tuple[str, dict[
             call, last = await _round(layer, group, workers, len(lasts))
             calls.append(call)
             lasts.append(last)
-        cpu = await meter.stop()
+        cpu = await meter.read()
     finally:
         await stop_workers(workers)
         await ctx.flush(prefix)
@@ -149,8 +146,6 @@ async def claim_cost(conn: Any, recipients: int, waiting: int | None = None) -> 
     each receiving process pays per group message. With one member not waiting, the row is
     updated rather than deleted, and the plan shows what computing the remaining ones costs.
     """
-    from channel_layer_pg import statements
-
     prefix, queue = fresh_prefix(), f"specific.{token()}!"
     names = [f"{queue}{i:012x}" for i in range(recipients)]
     await conn.execute(
@@ -164,7 +159,7 @@ async def claim_cost(conn: Any, recipients: int, waiting: int | None = None) -> 
     try:
         claimers = names[: recipients if waiting is None else waiting]
         parameters = {"prefix": prefix, "queue": queue, "channels": claimers, "limit": len(claimers)}
-        plan = await explain_analyze(conn, statements.CLAIM, parameters)
+        plan = await explain_analyze(conn, internal("CLAIM"), parameters)
         return execution_ms(plan), plan
     finally:
         await conn.execute("DELETE FROM channel_layer_pg_message WHERE prefix = $1", prefix)
@@ -183,7 +178,7 @@ async def _round(layer: Any, group: str, workers: list[Worker], r: int) -> tuple
     start = time.monotonic()
     await layer.group_send(group, {"type": "fan", "r": r, "text": _PAD})
     call = time.monotonic() - start
-    done = await asyncio.gather(*(w.expect("done", DELIVERY_TIMEOUT) for w in workers))
+    done = await expect_all(workers, "done", DELIVERY_TIMEOUT)
     if any(d["r"] != r for d in done):
         raise RuntimeError(f"expected round {r}, workers finished {[d['r'] for d in done]}")
     return call, max(d["t"] for d in done) - start
@@ -204,7 +199,7 @@ class SkipCounter(logging.Handler):
             self.skipped += int(record.args[1])
 
 
-async def run_memory(ctx: Any) -> Series:
+async def run_memory(ctx: Context) -> Series:
     plan = ctx.plan
     series = Series(
         "memory",
@@ -215,9 +210,8 @@ async def run_memory(ctx: Any) -> Series:
     )
     for case in ("all", "half", "none"):
         row, samples = await _memory_one(ctx, case)
-        series.rows.append(row)
         series.raw[case] = samples
-        ctx.progress(series, row)
+        series.add(row)
     series.notes.append(
         "steady = median RSS over the second half of the sending; rows = this run's rows in the message "
         "table, their MB = pg_column_size of those rows; skipped = member deliveries group_send "
@@ -226,19 +220,17 @@ async def run_memory(ctx: Any) -> Series:
     return series
 
 
-async def _memory_one(ctx: Any, case: str) -> tuple[dict[str, Any], dict[str, list[float]]]:
-    from channel_layer_pg import PostgresChannelLayer
-
+async def _memory_one(ctx: Context, case: str) -> tuple[dict[str, Any], dict[str, list[float]]]:
     plan = ctx.plan
     members = plan.memory_members
     receiving = {"all": members, "half": members // 2, "none": 0}[case]
     prefix, group = fresh_prefix(), f"scaling-{token()}"
-    layer = PostgresChannelLayer(url=ctx.url, prefix=prefix, capacity=plan.memory_capacity)
+    layer = ours(ctx.url, prefix, capacity=plan.memory_capacity)
     skips = SkipCounter()
     logging.getLogger("channel_layer_pg").addHandler(skips)
     logging.getLogger("channel_layer_pg").setLevel(logging.INFO)
     params = {"prefix": prefix, "group": group, "members": members, "receiving": receiving, "report": True}
-    (worker,) = await start_workers(ctx.script, ctx.url, "members", [params])
+    (worker,) = await start_workers("members", ctx.url, [params])
     samples: dict[str, list[float]] = {"t": [], "rss": [], "rows_t": [], "rows": [], "rows_mb": []}
     try:
         await worker.expect("added", STARTUP_TIMEOUT + 120)
@@ -288,7 +280,7 @@ async def _send_steadily(layer: Any, group: str, rate: float, seconds: float) ->
     return sent
 
 
-async def _sample(ctx: Any, pid: int, prefix: str, began: float, samples: dict[str, list[float]]) -> None:
+async def _sample(ctx: Context, pid: int, prefix: str, began: float, samples: dict[str, list[float]]) -> None:
     tick = 0
     while True:
         now = time.monotonic() - began
@@ -314,11 +306,9 @@ async def _sample(ctx: Any, pid: int, prefix: str, began: float, samples: dict[s
 
 async def worker(params: dict[str, Any]) -> None:
     """Members of one group in this process; the first ``receiving`` of them consume."""
-    from channel_layer_pg import PostgresChannelLayer
-
     commands = await command_reader()
     capacity = params.get("capacity", 10_000_000)  # only senders' capacity settings count
-    layer = PostgresChannelLayer(url=worker_url(), prefix=params["prefix"], capacity=capacity)
+    layer = ours(worker_services()[0], params["prefix"], capacity=capacity)
     try:
         channels = [await layer.new_channel() for _ in range(params["members"])]
         gate = asyncio.Semaphore(ADD_CONCURRENCY)
@@ -360,3 +350,6 @@ async def worker(params: dict[str, Any]) -> None:
         await asyncio.gather(*consumers, return_exceptions=True)
     finally:
         await layer.close()
+
+
+WORKERS = {"members": worker}

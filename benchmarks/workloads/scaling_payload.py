@@ -1,4 +1,4 @@
-"""Series 3 and 4: message size, and a backlog of rows in the table. Both run in this process.
+"""Scaling series 3 and 4: message size, and a backlog of rows in the table. Both run in this process.
 
 Each point measures a fresh layer on a fresh channel: round trips one at a time (send, then
 receive: the latency a lone message sees) and a stream (4 concurrent senders, 1 receiver:
@@ -15,18 +15,15 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from bench_env import vacuum_tables
-from bench_workloads import fresh_prefix, token
-from scaling_common import (
-    CPU_COLUMNS,
-    MESSAGE_TABLE,
-    Column,
-    CpuMeter,
-    Series,
-    centiles,
-    explain_analyze,
-    wal_bytes,
-)
+from harness.compare import fresh_prefix, token
+from harness.db import explain_analyze, vacuum, wal_bytes
+from harness.layers import internal, ours
+from harness.procs import centiles, round_trips
+from harness.table import Column
+
+from workloads.scaling import CPU_COLUMNS, Context, Series
+
+MESSAGE_TABLE = "channel_layer_pg_message"
 
 BIG_CAPACITY = 10_000_000  # larger than any backlog here, so a send never meets ChannelFull
 STREAM_WINDOW = 200  # messages in flight in a stream
@@ -71,31 +68,6 @@ def label(size: int) -> str:
 # -- measuring one channel --------------------------------------------------------------------
 
 
-async def round_trips(
-    layer: Any, channel: str, make: Any, budget: float, most: int, sender: Any = None
-) -> tuple[float, float, int]:
-    """Send then receive, one at a time, for ``budget`` seconds (at least 10, at most ``most``).
-
-    ``sender`` (default: ``layer``) sends; another instance makes a message for one of the
-    receiver's process-local channels go through the table, as it would from another process.
-    """
-    sender = sender or layer
-    for n in range(3):  # not timed: opens connections, starts the reader
-        await sender.send(channel, make(-1 - n))
-        await layer.receive(channel)
-    samples: list[float] = []
-    deadline = time.monotonic() + budget
-    while len(samples) < most and (len(samples) < 10 or time.monotonic() < deadline):
-        start = time.perf_counter()
-        await sender.send(channel, make(len(samples)))
-        got = await asyncio.wait_for(layer.receive(channel), 60)
-        samples.append(time.perf_counter() - start)
-        if got["n"] != len(samples) - 1:
-            raise RuntimeError(f"round trip {len(samples) - 1} received message {got['n']}")
-    p50, p99 = centiles(samples)
-    return p50, p99, len(samples)
-
-
 async def stream(
     layer: Any, channel: str, make: Any, budget: float, most: int, sender: Any = None
 ) -> tuple[float, int]:
@@ -134,9 +106,7 @@ async def stream(
 # -- series 3: message size -------------------------------------------------------------------
 
 
-async def run_size(ctx: Any) -> Series:
-    from channel_layer_pg import PostgresChannelLayer
-
+async def run_size(ctx: Context) -> Series:
     plan = ctx.plan
     series = Series("size", "send + receive on one normal channel, by message size", SIZE_COLUMNS)
     for size in plan.sizes:
@@ -145,19 +115,20 @@ async def run_size(ctx: Any) -> Series:
         def make(n: int, data: bytes = data) -> dict[str, Any]:
             return {"type": "blob", "n": n, "data": data}
 
-        layer = PostgresChannelLayer(url=ctx.url, prefix=fresh_prefix(), capacity=BIG_CAPACITY)
+        layer = ours(ctx.url, fresh_prefix(), capacity=BIG_CAPACITY)
         try:
             channel = f"scaling.size.{token()}"
-            p50, p99, rounds = await round_trips(layer, channel, make, plan.budget, 1000)
-            meter = CpuMeter(ctx.conn)
-            await meter.start([])
+            samples = await round_trips(layer, channel, count=1000, budget=plan.budget, make=make)
+            meter = ctx.meter()
+            await meter.read()
             wal_before = await wal_bytes(ctx.conn)
             rate, streamed = await stream(layer, channel, make, plan.budget, 5000)
             wal_after = await wal_bytes(ctx.conn)
-            cpu = await meter.stop()
+            cpu = await meter.read()
         finally:
             await layer.flush()
             await layer.close()
+        p50, p99 = centiles(samples)
         row = {
             "size": label(size),
             "bytes": size,
@@ -165,13 +136,12 @@ async def run_size(ctx: Any) -> Series:
             "p99_ms": p99,
             "msg_s": rate,
             "mb_s": rate * size / 2**20,
-            "rounds": rounds,
+            "rounds": len(samples),
             "streamed": streamed,
             "wal_kb": None if None in (wal_before, wal_after) else (wal_after - wal_before) / streamed / 1024,
             **cpu,
         }
-        series.rows.append(row)
-        ctx.progress(series, row)
+        series.add(row)
     series.notes.append(
         f"payload: random bytes in a msgpack message; round trips and stream ({STREAM_SENDERS} senders, "
         f"1 receiver) each for about {plan.budget:g} s; WAL KB/msg: the server's WAL (pg_stat_wal, all "
@@ -183,7 +153,7 @@ async def run_size(ctx: Any) -> Series:
 # -- series 4: backlog ------------------------------------------------------------------------
 
 
-async def run_backlog(ctx: Any) -> Series:
+async def run_backlog(ctx: Context) -> Series:
     series = Series(
         "backlog",
         "send + receive of 100 B messages on a fresh channel, with rows already queued",
@@ -196,7 +166,7 @@ async def run_backlog(ctx: Any) -> Series:
             await ctx.conn.execute(
                 "DELETE FROM channel_layer_pg_message WHERE prefix LIKE $1", f"{BACKLOG_PREFIX}%"
             )
-            await vacuum_tables(ctx.conn, [MESSAGE_TABLE])
+            await vacuum(ctx.conn, (MESSAGE_TABLE,))
     series.notes.append(
         "'of other channels': rows under another prefix, spread over 1,000 channels nobody reads; "
         "'in the receiver's own queue': rows for a process-local channel of the receiving layer that "
@@ -209,16 +179,14 @@ async def run_backlog(ctx: Any) -> Series:
     return series
 
 
-async def _backlog_variant(ctx: Any, series: Series, variant: str) -> None:
-    from channel_layer_pg import PostgresChannelLayer
-
+async def _backlog_variant(ctx: Context, series: Series, variant: str) -> None:
     plan = ctx.plan
     prefix = f"{BACKLOG_PREFIX}{token()}"
     # The same layer throughout: its own-queue rows are tied to its process-local name.
-    layer = PostgresChannelLayer(url=ctx.url, prefix=prefix, capacity=BIG_CAPACITY)
+    layer = ours(ctx.url, prefix, capacity=BIG_CAPACITY)
     # Sends come from another instance, as from another app server: what a layer sends to its
     # own process-local channels never reaches the table.
-    sender = PostgresChannelLayer(url=ctx.url, prefix=prefix, capacity=BIG_CAPACITY)
+    sender = ours(ctx.url, prefix, capacity=BIG_CAPACITY)
     try:
         local = await layer.new_channel()
         queue = local[: local.index("!") + 1]
@@ -233,7 +201,10 @@ async def _backlog_variant(ctx: Any, series: Series, variant: str) -> None:
             def make(n: int) -> dict[str, Any]:
                 return {"type": "m", "n": n, "text": _PAD}
 
-            p50, p99, rounds = await round_trips(layer, channel, make, plan.budget, 1000, sender)
+            samples = await round_trips(
+                layer, channel, count=1000, budget=plan.budget, sender=sender, make=make
+            )
+            p50, p99 = centiles(samples)
             rate, streamed = await stream(layer, channel, make, plan.budget, 5000, sender)
             row = {
                 "where": VARIANTS[variant],
@@ -243,11 +214,10 @@ async def _backlog_variant(ctx: Any, series: Series, variant: str) -> None:
                 "p99_ms": p99,
                 "msg_s": rate,
                 "fill_s": fill,
-                "rounds": rounds,
+                "rounds": len(samples),
                 "streamed": streamed,
             }
-            series.rows.append(row)
-            ctx.progress(series, row)
+            series.add(row)
         if plan.explain:
             series.raw[f"explain_{variant}"] = plans = await explain(ctx.conn, layer, variant, local)
             for name, text in plans.items():
@@ -296,19 +266,18 @@ async def _fill(conn: Any, variant: str, prefix: str, queue: str, rows: int) -> 
 async def explain(conn: Any, layer: Any, variant: str, local: str) -> dict[str, str]:
     """EXPLAIN (ANALYZE, BUFFERS) of the layer's claim and send on the measured channel.
 
-    The statements are the package's own (channel_layer_pg.statements), compiled the way its
-    driver runs them; the send really stores a row (EXPLAIN ANALYZE executes), removed after.
+    The statements are the package's own, compiled the way its driver runs them; the send
+    really stores a row (EXPLAIN ANALYZE executes), removed after.
     """
-    from channel_layer_pg import statements
-    from channel_layer_pg.store.fanout import send_parameters
+    send_parameters = internal("send_parameters")
 
     channel = f"scaling.explain.{token()}" if variant == "other" else local
     queue = channel if variant == "other" else local[: local.index("!") + 1]
     claim = {"prefix": layer.prefix, "queue": queue, "channels": [channel], "limit": 1}
     send = send_parameters(layer.prefix, timedelta(seconds=60), b"x" * 100, queue, channel, BIG_CAPACITY)
     plans = {
-        "claim": await explain_analyze(conn, statements.CLAIM, claim),
-        "send": await explain_analyze(conn, statements.SEND, send),
+        "claim": await explain_analyze(conn, internal("CLAIM"), claim),
+        "send": await explain_analyze(conn, internal("SEND"), send),
     }
     await conn.execute(
         f"DELETE FROM {MESSAGE_TABLE} WHERE prefix = $1 AND channel = $2", layer.prefix, channel
