@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ..config import LayerConfig
 from ..errors import DatabaseUnreachableError
 from ..naming import listener_application_name
-from .db import translated_errors
+from .backoff import Backoff
+from .driver_errors import listen_failed, translated_errors
 
 logger = logging.getLogger("channel_layer_pg")
 
@@ -27,14 +28,8 @@ Wake = Callable[[], None]
 # Sends a NOTIFY on a topic through the layer's own pool (the way every send wakes readers).
 Notify = Callable[[str], Awaitable[object]]
 
-_BACKOFF_START = 0.1
-_BACKOFF_MAX = 5.0
-
-
-def _lost(config: LayerConfig, exc: Exception) -> DatabaseUnreachableError:
-    return DatabaseUnreachableError(
-        f"the listen connection to PostgreSQL at {config.host_and_port} failed: {exc}"
-    )
+# Waits between attempts to reconnect after a loss; it retries for as long as the layer is open.
+_RECONNECT_FIRST, _RECONNECT_MOST = 0.1, 5.0
 
 
 class NotificationsNotDelivered(DatabaseUnreachableError):
@@ -82,7 +77,7 @@ class Listener:
                         # Whatever broke LISTEN (most often a connection killed but not yet
                         # noticed) leaves this connection untrustworthy: start afresh.
                         await self._drop_connection()
-                        raise _lost(self._listen_config, exc) from exc
+                        raise listen_failed(self._listen_config, exc) from exc
                     raise
             wakers.add(wake)
 
@@ -217,7 +212,7 @@ class Listener:
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
-        delay = _BACKOFF_START
+        backoff = Backoff(_RECONNECT_FIRST, _RECONNECT_MOST)
         # Started the moment the connection was lost (see _on_terminated).
         lost_at = time.monotonic()
         while not self._closed:
@@ -227,11 +222,11 @@ class Listener:
                     for topic in self._wakers:
                         await self._driver.add_listener(topic, self._on_notify)
             except Exception as exc:
+                delay = backoff.next()
                 logger.warning(
                     "reconnecting the listen connection failed (%s); retrying in %.1f s", exc, delay
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
                 continue
             logger.info(
                 "listen connection to %s restored after %.1f s down",

@@ -1,11 +1,11 @@
 """The layer's own pool: connections it keeps open between statements.
 
-SQLAlchemy's async pool costs about 35 us per checkout and return here, a third of a whole
-one-row INSERT on loopback (about 100 us), and the layer runs one short autocommitted
-statement per checkout. So for an engine the layer makes (whose SQLAlchemy pool is a
-NullPool: it only opens connections) this is the pool: up to ``most`` connections, of which
-up to ``keep`` stay open while idle. For an application's engine (``keep=0``) every
-connection goes back to the application's pool after each statement.
+The layer runs one short autocommitted statement per checkout, and SQLAlchemy's async pool
+costs 40 to 150 us per checkout and return (benchmarks/pool_checkout.py), as much as a whole
+one-row INSERT on loopback; this pool costs about 1 us. So for an engine the layer makes
+(whose SQLAlchemy pool is a NullPool: it only opens connections) this is the pool: up to
+``most`` connections, of which up to ``keep`` stay open while idle. For an application's
+engine (``keep=0``) every connection goes back to the application's pool after each statement.
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..errors import LayerClosedError
+from .backoff import Backoff
+from .driver_errors import server_full
 
 logger = logging.getLogger("channel_layer_pg")
 
-# After the server refused a connection for want of slots, how long to make do with those open.
-_FULL_BACKOFF = 1.0
-# too_many_connections: max_connections reached, or the role's or database's CONNECTION LIMIT.
-_TOO_MANY_CONNECTIONS = "53300"
+# After the server refused a connection for want of slots, how long to make do with those
+# open before asking again. Each refused attempt still costs the server a backend process,
+# so a server that stays full is asked less and less often.
+_FULL_FIRST, _FULL_MOST = 1.0, 5.0
 
 
 class Held:
@@ -48,6 +50,7 @@ class HeldConnections:
         self._waiting: deque[asyncio.Future[Held | None]] = deque()
         self._closed = False
         self._full_until = 0.0
+        self._full_backoff = Backoff(_FULL_FIRST, _FULL_MOST)
         self._all_returned: asyncio.Future[None] | None = None
 
     async def acquire(self) -> Held:
@@ -69,7 +72,7 @@ class HeldConnections:
                 except BaseException as exc:
                     self._count -= 1
                     self._note_returned()  # a close() may be waiting for this one
-                    make_do = bool(self._count) and _server_full(exc)
+                    make_do = bool(self._count) and server_full(exc)
                     if not make_do:
                         # The slot is free for a waiter. Before the await below: a second
                         # cancel there would skip anything after it, and leave them waiting.
@@ -80,13 +83,17 @@ class HeldConnections:
                         raise
                     # The server has no connection to spare (max_connections, or the role's
                     # CONNECTION LIMIT): make do with the ones in use, and ask again later.
-                    self._full_until = time.monotonic() + _FULL_BACKOFF
+                    wait = self._full_backoff.next()
+                    self._full_until = time.monotonic() + wait
                     logger.warning(
-                        "PostgreSQL refused another connection (%s); waiting for one of the %d open",
+                        "PostgreSQL refused another connection (%s); waiting for one of the %d open "
+                        "(asking again in %.1f s at the earliest)",
                         exc,
                         self._count,
+                        wait,
                     )
                     continue
+                self._full_backoff.reset()
                 return Held(connection, raw.driver_connection)
             waiter: asyncio.Future[Held | None] = asyncio.get_running_loop().create_future()
             self._waiting.append(waiter)
@@ -168,14 +175,3 @@ async def _abandon(connection: AsyncConnection) -> None:
         await connection.close()
     except Exception:
         pass  # already failing: the caller hears of the first error, not of this one
-
-
-def _server_full(exc: BaseException) -> bool:
-    """Whether ``exc`` (SQLAlchemy's or asyncpg's) is PostgreSQL refusing for want of slots."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        for candidate in (seen, getattr(seen, "orig", None)):
-            if getattr(candidate, "sqlstate", None) == _TOO_MANY_CONNECTIONS:
-                return True
-        seen = seen.__cause__
-    return False
