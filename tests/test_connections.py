@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from tests.conftest import runtime_role
-from tests.helpers import TIMEOUT, LayerFactory, Sql
+from tests.helpers import TIMEOUT, LayerFactory, Sql, receive
 
 
 async def count_layer_connections(sql: Sql) -> int:
@@ -33,6 +35,40 @@ async def test_350_waiting_receivers_use_at_most_the_pool_and_one_listener(
     got = await asyncio.wait_for(asyncio.gather(*receiving), TIMEOUT * 2)
     assert [message["to"] for message in got] == local + normal
     assert await count_layer_connections(sql) - before <= 4 + 1
+
+
+async def pooled_sessions_of(sql: Sql, role: str) -> int:
+    """The statement connections (not the listener's) that ``role`` holds open."""
+    (row,) = await sql(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = 'channel_layer_pg' AND usename = $1",
+        role,
+    )
+    return int(row["n"])
+
+
+async def until_pooled_sessions(sql: Sql, role: str, count: int) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        # Polling the server for an observable state, bounded: no event exists for it.
+        while await pooled_sessions_of(sql, role) != count:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_idle_pooled_connections_are_closed_after_the_idle_timeout(
+    make_layer: LayerFactory, sql: Sql, runtime_role_url: str
+) -> None:
+    role = make_url(runtime_role_url).username
+    assert role is not None
+    layer = make_layer(url=runtime_role_url, pool_size=3, max_overflow=2, pool_idle_timeout=0.5)
+    started = time.monotonic()
+    # Concurrent statements open every connection the pool allows; it keeps pool_size.
+    await asyncio.gather(*(layer.group_add("room", f"test.member-{n}") for n in range(10)))
+    await until_pooled_sessions(sql, role, 3)
+    await until_pooled_sessions(sql, role, 0)
+    assert time.monotonic() - started >= 0.5
+    # The next statement opens a connection again.
+    await layer.send("test.after-idle", {"type": "after"})
+    assert await receive(layer, "test.after-idle") == {"type": "after"}
 
 
 @pytest.fixture

@@ -141,11 +141,12 @@ class StatementRunner:
                 engine,
                 keep=config.pool_size,
                 most=config.pool_size + config.max_overflow,
+                idle_timeout=config.pool_idle_timeout,
             )
         else:
             # An application's engine: its pool is the application's to size and share, so
             # every connection goes back to it after each statement.
-            self._connections = HeldConnections(engine, keep=0, most=sys.maxsize)
+            self._connections = HeldConnections(engine, keep=0, most=sys.maxsize, idle_timeout=None)
 
     async def fetch(
         self, statement: Executable, parameters: Mapping[str, Any], *, in_own_task: bool = False

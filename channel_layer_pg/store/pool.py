@@ -4,8 +4,9 @@ The layer runs one short autocommitted statement per checkout, and SQLAlchemy's 
 costs 40 to 150 us per checkout and return (benchmarks/pool_checkout.py), as much as a whole
 one-row INSERT on loopback; this pool costs about 1 us. So for an engine the layer makes
 (whose SQLAlchemy pool is a NullPool: it only opens connections) this is the pool: up to
-``most`` connections, of which up to ``keep`` stay open while idle. For an application's
-engine (``keep=0``) every connection goes back to the application's pool after each statement.
+``most`` connections, of which up to ``keep`` stay open while idle, each for at most
+``idle_timeout`` seconds. For an application's engine (``keep=0``) every connection goes back
+to the application's pool after each statement.
 """
 
 from __future__ import annotations
@@ -33,25 +34,30 @@ _FULL_FIRST, _FULL_MOST = 1.0, 5.0
 class Held:
     """One checked-out connection and the asyncpg connection under it."""
 
-    __slots__ = ("connection", "driver")
+    __slots__ = ("connection", "driver", "idle_since")
 
     def __init__(self, connection: AsyncConnection, driver: Any) -> None:
         self.connection = connection
         self.driver = driver
+        self.idle_since = 0.0  # time.monotonic() when last returned to the idle connections
 
 
 class HeldConnections:
-    def __init__(self, engine: AsyncEngine, *, keep: int, most: int) -> None:
+    def __init__(self, engine: AsyncEngine, *, keep: int, most: int, idle_timeout: float | None) -> None:
         self._engine = engine
         self._keep = keep
         self._most = most
+        self._idle_timeout = idle_timeout
         self._count = 0
+        # Oldest-returned first: taken from the end (the warmest), expired from the start.
         self._idle: list[Held] = []
         self._waiting: deque[asyncio.Future[Held | None]] = deque()
         self._closed = False
         self._full_until = 0.0
         self._full_backoff = Backoff(_FULL_FIRST, _FULL_MOST)
         self._all_returned: asyncio.Future[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._closing_expired: set[asyncio.Task[None]] = set()
 
     async def acquire(self) -> Held:
         """A connection for one statement; give it back with ``release`` or ``discard``."""
@@ -115,7 +121,10 @@ class HeldConnections:
         elif self._wake_one(held):
             return
         elif len(self._idle) < self._keep:
+            held.idle_since = time.monotonic()
             self._idle.append(held)
+            if self._expiry is None and self._idle_timeout is not None:
+                self._expiry = asyncio.get_running_loop().call_later(self._idle_timeout, self._close_expired)
         else:
             await self._give_back(held)
 
@@ -136,9 +145,14 @@ class HeldConnections:
         finish first: a connection returned after the engine is disposed would never close.
         """
         self._closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         idle, self._idle = self._idle, []
         for held in idle:
             await self._give_back(held)
+        if self._closing_expired:
+            await asyncio.gather(*self._closing_expired, return_exceptions=True)
         if self._count:
             self._all_returned = asyncio.get_running_loop().create_future()
             done, _ = await asyncio.wait({self._all_returned}, timeout=timeout)
@@ -154,6 +168,33 @@ class HeldConnections:
         finally:
             self._wake_one(None)
             self._note_returned()
+
+    def _close_expired(self) -> None:
+        """Close the connections idle for ``idle_timeout`` s; come back when the next one is."""
+        self._expiry = None
+        if self._closed or self._idle_timeout is None:
+            return
+        now = time.monotonic()
+        expired = 0
+        while expired < len(self._idle) and now - self._idle[expired].idle_since >= self._idle_timeout:
+            expired += 1
+        if expired:
+            # Out of the idle list at once, so no statement takes one while it closes.
+            closing, self._idle = self._idle[:expired], self._idle[expired:]
+            task = asyncio.get_running_loop().create_task(self._give_back_expired(closing))
+            self._closing_expired.add(task)
+            task.add_done_callback(self._closing_expired.discard)
+        if self._idle:
+            due = self._idle[0].idle_since + self._idle_timeout - now
+            self._expiry = asyncio.get_running_loop().call_later(due, self._close_expired)
+
+    async def _give_back_expired(self, closing: list[Held]) -> None:
+        logger.debug("closing %d connections idle for %g s", len(closing), self._idle_timeout)
+        for held in closing:
+            try:
+                await self._give_back(held)
+            except Exception:  # it died idle: closed either way, and nobody is waiting on it
+                logger.debug("closing an idle connection failed", exc_info=True)
 
     def _note_returned(self) -> None:
         if self._count == 0 and self._all_returned is not None and not self._all_returned.done():
