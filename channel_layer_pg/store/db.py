@@ -65,8 +65,9 @@ def create_engine(config: LayerConfig, *, use_given_engine: bool) -> tuple[Async
         url,
         isolation_level="AUTOCOMMIT",
         connect_args=_connect_args(config, config.connect_args),
-        # The layer pools connections itself (connections.HeldConnections): SQLAlchemy's
-        # checkout per statement cost more than the statement.
+        # The layer pools connections itself (pool.HeldConnections): a checkout from
+        # SQLAlchemy's async pool costs about as much as the statement it is for
+        # (benchmarks/pool_checkout.py).
         poolclass=NullPool,
     )
     return engine, True
