@@ -83,11 +83,12 @@ class LayerConfig:
     # statements do not survive from one transaction to the next.
     listen_url: URL | None = None
     listen_connect_args: dict[str, Any] = field(default_factory=dict)
-    # Seconds a pooled connection may stay idle before it is closed (None: kept while the
-    # layer is open). A minute outlasts the pauses of a layer in use (its cleanup alone
-    # runs every 30 s, so a quiet layer keeps one warm connection) and lets an idle one give
-    # its server connections back, each a PostgreSQL backend holding memory and one of
-    # max_connections, at the price of a new connection (a few ms) after a quiet minute.
+    # Seconds a pooled connection may stay idle, and the LISTEN connection listen to nothing,
+    # before it is closed (None: kept while the layer is open). A minute outlasts the pauses
+    # of a layer in use (its cleanup alone runs every 30 s, so a quiet layer keeps one warm
+    # connection) and lets an idle one give its server connections back, each a PostgreSQL
+    # backend holding memory and one of max_connections, at the price of a new connection
+    # (a few ms) after a quiet minute.
     pool_idle_timeout: float | None = 60.0
 
     @property
