@@ -133,6 +133,7 @@ class StatementRunner:
         self._engine = engine
         self._config = config
         self._compiled: dict[Executable, _Compiled] = {}
+        self._running: set[asyncio.Task[None]] = set()
         given_pool_size = getattr(engine.pool, "size", lambda: 0)()
         self._most_connections = max(given_pool_size, config.pool_size) + config.max_overflow + 1
         # Whether a connection was ever opened: an outage after that is ridden out.
@@ -182,7 +183,34 @@ class StatementRunner:
         # Shielded: a statement cancelled halfway leaves its connection mid-protocol, and the
         # pool would have to throw it away. A cancelled caller stops waiting; the statement
         # still completes (a send still lands: it was already on its way to the server).
-        return await asyncio.shield(self._run(compiled, work))
+        # Like asyncio.shield, less one turn of the event loop per statement (about 10 us):
+        # the task hands its outcome over itself rather than through a done callback.
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[T] = loop.create_future()
+        # Held until done: a cancelled caller no longer holds the task, and the loop holds
+        # tasks only weakly.
+        task = loop.create_task(self._run_into(outcome, compiled, work))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return await outcome
+
+    async def _run_into(
+        self, outcome: asyncio.Future[T], compiled: _Compiled, work: Callable[[Any], Awaitable[T]]
+    ) -> None:
+        try:
+            result = await self._run(compiled, work)
+        except BaseException as exc:
+            # Done already: the caller was cancelled and is not listening any more.
+            if not outcome.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    outcome.cancel()
+                else:
+                    outcome.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if not outcome.done():
+                outcome.set_result(result)
 
     async def _run(self, compiled: _Compiled, work: Callable[[Any], Awaitable[T]]) -> T:
         backoff: Backoff | None = None  # made at the first failure: most statements meet none
