@@ -86,7 +86,12 @@ class Variants:
             # Its best case for autocommitted statements: no rollback on return, no ping.
             pool_reset_on_return=None,
         )
-        self.held = HeldConnections(self.null_engine, keep=config.pool_size, most=config.pool_size)
+        self.held = HeldConnections(
+            self.null_engine,
+            keep=config.pool_size,
+            most=config.pool_size,
+            idle_timeout=config.pool_idle_timeout,
+        )
         self.runner = StatementRunner(self.null_engine, config, owns_engine=True)
         self.sql = _Sql(self.null_engine)
         self.bare: Any = None
