@@ -54,6 +54,7 @@ OPTION_NAMES = (
     "serializer",
     "pool_size",
     "max_overflow",
+    "pool_idle_timeout",
     "connect_timeout",
     "synchronous_commit",
 )
@@ -81,6 +82,13 @@ class LayerConfig:
     # statements do not survive from one transaction to the next.
     listen_url: URL | None = None
     listen_connect_args: dict[str, Any] = field(default_factory=dict)
+    # Seconds a pooled connection may stay idle, and the LISTEN connection listen to nothing,
+    # before it is closed (None: kept while the layer is open). A minute outlasts the pauses
+    # of a layer in use (its cleanup alone runs every 30 s, so a quiet layer keeps one warm
+    # connection) and lets an idle one give its server connections back, each a PostgreSQL
+    # backend holding memory and one of max_connections, at the price of a new connection
+    # (a few ms) after a quiet minute.
+    pool_idle_timeout: float | None = 60.0
 
     @property
     def behind_pooler(self) -> bool:
@@ -189,6 +197,7 @@ def build_config(options: Mapping[str, Any]) -> LayerConfig:
         codec=codec,
         pool_size=_positive_int("pool_size", options.get("pool_size", 10)),
         max_overflow=_non_negative_int("max_overflow", options.get("max_overflow", 10)),
+        pool_idle_timeout=_optional_seconds("pool_idle_timeout", options.get("pool_idle_timeout", 60)),
         connect_timeout=_seconds("connect_timeout", options.get("connect_timeout", 10)),
         synchronous_commit=synchronous_commit,
         connect_args=connect_args,
@@ -295,6 +304,10 @@ def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'zero or ' if allow_zero else ''}positive, not {value!r}")
     return float(value)
+
+
+def _optional_seconds(name: str, value: object) -> float | None:
+    return None if value is None else _seconds(name, value)
 
 
 def _positive_int(name: str, value: object) -> int:

@@ -20,15 +20,13 @@ from sqlalchemy.sql.base import Executable
 from .config import LayerConfig
 from .errors import LayerClosedError, SchemaMissingError
 from .store import statements
-from .store.db import MIGRATE_HINT
+from .store.driver_errors import MIGRATE_HINT, schema_missing, translate
 
 if TYPE_CHECKING:
     from .store.backend import LoopBackend
 
 # What ``connection=`` accepts; an AsyncSession's transaction is on its current connection.
 ApplicationConnection = AsyncConnection | AsyncSession
-
-_UNDEFINED_TABLE = "42P01"
 
 # Connection.info follows the DBAPI connection through the pool, so a pooled connection is
 # checked against a layer once, not on every send. It holds the client_prefix of each layer
@@ -116,9 +114,11 @@ class TransactionalWriter:
         try:
             return await self._conn.execute(statement, parameters)
         except DBAPIError as exc:
-            # The tables were visible when this connection was checked; a search_path set
-            # since (SET LOCAL per tenant, say) can hide them.
-            if getattr(exc.orig, "sqlstate", None) == _UNDEFINED_TABLE:
+            # Only a missing table is the layer's to explain: the connection, and what its
+            # failures mean to the transaction, are the application's. The tables were visible
+            # when this connection was checked; a search_path set since (SET LOCAL per
+            # tenant, say) can hide them.
+            if isinstance(translate(self._config, exc), SchemaMissingError):
                 raise _not_visible() from exc
             raise
 
@@ -153,9 +153,7 @@ async def _async_connection(connection: object) -> AsyncConnection:
 
 async def _check_same_database(conn: AsyncConnection, config: LayerConfig, layer: DatabaseIdentity) -> None:
     if layer.message_table is None:
-        raise SchemaMissingError(
-            f"the channel layer's tables do not exist in {config.safe_url}; create them with: {MIGRATE_HINT}"
-        )
+        raise schema_missing(config)
     row = (await conn.execute(statements.DATABASE_IDENTITY)).one()
     theirs = DatabaseIdentity(row.system, row.database, row.message_table)
     if (theirs.system, theirs.database) != (layer.system, layer.database):

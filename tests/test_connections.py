@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy.engine import make_url
 
+from channel_layer_pg.naming import listener_application_name
+from channel_layer_pg.store import claims
 from tests.conftest import runtime_role
-from tests.helpers import TIMEOUT, LayerFactory, Sql
+from tests.helpers import TIMEOUT, LayerFactory, Sql, receive
 
 
 async def count_layer_connections(sql: Sql) -> int:
@@ -33,6 +37,63 @@ async def test_350_waiting_receivers_use_at_most_the_pool_and_one_listener(
     got = await asyncio.wait_for(asyncio.gather(*receiving), TIMEOUT * 2)
     assert [message["to"] for message in got] == local + normal
     assert await count_layer_connections(sql) - before <= 4 + 1
+
+
+# The application_name of the layer's pooled sessions (a listener's adds its prefix).
+POOLED = "channel_layer_pg"
+
+
+async def sessions_of(sql: Sql, role: str, application_name: str) -> int:
+    """The sessions ``role`` holds open whose application_name is LIKE ``application_name``."""
+    (row,) = await sql(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
+        "AND usename = $1 AND application_name LIKE $2",
+        role,
+        application_name,
+    )
+    return int(row["n"])
+
+
+async def until_sessions(sql: Sql, role: str, application_name: str, count: int) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        # Polling the server for an observable state, bounded: no event exists for it.
+        while await sessions_of(sql, role, application_name) != count:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_idle_pooled_connections_are_closed_after_the_idle_timeout(
+    make_layer: LayerFactory, sql: Sql, runtime_role_url: str
+) -> None:
+    role = make_url(runtime_role_url).username
+    assert role is not None
+    layer = make_layer(url=runtime_role_url, pool_size=3, max_overflow=2, pool_idle_timeout=0.5)
+    started = time.monotonic()
+    # Concurrent statements open every connection the pool allows; it keeps pool_size.
+    await asyncio.gather(*(layer.group_add("room", f"test.member-{n}") for n in range(10)))
+    await until_sessions(sql, role, POOLED, 3)
+    await until_sessions(sql, role, POOLED, 0)
+    assert time.monotonic() - started >= 0.5
+    # The next statement opens a connection again.
+    await layer.send("test.after-idle", {"type": "after"})
+    assert await receive(layer, "test.after-idle") == {"type": "after"}
+
+
+async def test_the_listen_connection_is_closed_once_nothing_was_listened_to_for_the_idle_timeout(
+    make_layer: LayerFactory, sql: Sql, runtime_role_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Readers stop listening after IDLE_LINGER s without a receive; shortened to keep this quick.
+    monkeypatch.setattr(claims, "IDLE_LINGER", 0.1)
+    role = make_url(runtime_role_url).username
+    assert role is not None
+    listener = listener_application_name(prefix)
+    layer = make_layer(url=runtime_role_url, pool_idle_timeout=0.5)
+    for text in ("before", "after"):
+        receiving = asyncio.create_task(layer.receive("test.listened"))
+        await until_sessions(sql, role, listener, 1)
+        await layer.send("test.listened", {"type": text})
+        assert await asyncio.wait_for(receiving, TIMEOUT) == {"type": text}
+        # The readers stop listening, then the connection goes; the next receive reopens it.
+        await until_sessions(sql, role, listener, 0)
 
 
 @pytest.fixture

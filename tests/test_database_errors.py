@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -63,3 +66,19 @@ async def test_a_refused_connection_is_reported_at_once_without_retrying(
     finally:
         await layer.close()
     assert "retrying" not in caplog.text
+
+
+async def test_a_statement_waits_out_an_unreachable_database_for_less_than_two_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="channel_layer_pg")
+    layer = PostgresChannelLayer(url="postgresql://someone@127.0.0.1:1/db", connect_timeout=5)
+    try:
+        with pytest.raises(DatabaseUnreachableError):
+            await layer.send("test.x", {"type": "x"})
+    finally:
+        await layer.close()
+    waits = [float(wait) for wait in re.findall(r"retrying in (\d+\.\d+) s", caplog.text)]
+    # Long enough to ride out a quick restart, short enough to hear of an outage promptly.
+    assert len(waits) >= 3
+    assert 1.7 <= sum(waits) <= 1.8  # 1.75 s, each wait logged rounded to 10 ms

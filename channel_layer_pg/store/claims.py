@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from ..errors import DatabaseUnreachableError
 from ..local import Claimed, ClaimedBuffer
+from .backoff import Backoff
 from .listener import Listener, NotificationsNotDelivered
 
 logger = logging.getLogger("channel_layer_pg")
@@ -57,7 +58,7 @@ class QueueReader:
         self._waiters: dict[str, deque[asyncio.Future[Claimed]]] = {}
         self._wakeup = _Wakeup()
         self._task: asyncio.Task[None] | None = None
-        self._backoff = _BACKOFF_START
+        self._backoff = Backoff(_BACKOFF_START, _BACKOFF_MAX)
         # At most one claim per queue is in flight, the reader's or a receive's own, so rows
         # reach their receivers in id order even when a claimer is cancelled.
         self._inline_claim: asyncio.Future[Sequence[Claimed]] | None = None
@@ -290,7 +291,7 @@ class QueueReader:
                 await self._outlast(exc)
                 continue
             self._reader_claim = None
-            self._backoff = _BACKOFF_START
+            self._backoff.reset()
             if rows:
                 self._dispatch(rows)
             else:
@@ -308,11 +309,9 @@ class QueueReader:
             and not isinstance(exc, NotificationsNotDelivered)  # a setting to fix, not an outage
             and self._database_reached()
         ):
-            logger.warning(
-                "receiving from %s failed (%s); retrying in %.1f s", self.queue, exc, self._backoff
-            )
-            await asyncio.sleep(self._backoff)
-            self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+            delay = self._backoff.next()
+            logger.warning("receiving from %s failed (%s); retrying in %.1f s", self.queue, exc, delay)
+            await asyncio.sleep(delay)
             return True
         logger.warning("receiving from %s failed: %s", self.queue, exc)
         self.fail_waiters(exc)

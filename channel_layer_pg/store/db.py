@@ -1,24 +1,24 @@
-"""Engines and connections, and turning driver failures into errors a user can act on."""
+"""Engines, and the runner that sends the layer's statements on the pool's connections."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import asyncpg
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.base import Executable
 
 from ..config import LayerConfig
-from ..errors import DatabaseUnreachableError, SchemaMissingError
+from ..errors import DatabaseUnreachableError
 from . import statements, stats
+from .backoff import Backoff
+from .driver_errors import retryable, translated_errors, unreachable
 from .pool import Held, HeldConnections
 
 T = TypeVar("T")
@@ -28,26 +28,10 @@ _STATEMENT_MODULES = (statements, stats)
 
 logger = logging.getLogger("channel_layer_pg")
 
-_UNDEFINED_TABLE = "42P01"
-_PROTOCOL_VIOLATION = "08P01"
-# Connection exceptions (class 08), and the server shutting down, crashing or still starting.
-# too_many_connections is here too: like a restart, it passes, so it is waited out briefly.
-_CONNECTION_LOST_STATES = ("57P01", "57P02", "57P03", "53300")
-# Waits between attempts to open a connection, about 2 s in all: long enough to ride out a
-# quick server restart, short enough that a caller hears of a real outage promptly.
-_RECONNECT_DELAYS = (0.05, 0.2, 0.5, 1.0)
-# Authentication failures, an unknown database or role: the server answered but refused us.
-_CONNECT_REFUSALS = {"28P01", "28000", "3D000"}
-# A named prepared statement missing, or its name taken: what a transaction pooler does to
-# statements prepared on one server connection and run on another.
-_LOST_PREPARED_STATEMENTS = {"26000", "42P05"}
-
-# A wrong password or role, an unknown database: asyncpg's errors for a refused connection.
-_REFUSALS = (
-    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
-    asyncpg.exceptions.InvalidCatalogNameError,
-)
-_CONNECTION_FAILURES = (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.InterfaceError)
+# Waits between attempts to open a connection for a statement, 1.75 s in all: long enough
+# to ride out a quick server restart, short enough that a caller hears of a real outage
+# promptly.
+_RECONNECT_FIRST, _RECONNECT_MOST, _RECONNECT_FOR = 0.05, 1.0, 1.75
 
 # How long close() lets statements already running finish before the engine goes.
 _CLOSE_GRACE = 5.0
@@ -55,8 +39,6 @@ _CLOSE_GRACE = 5.0
 # A statement slower than this is logged (by name: its parameters hold message payloads).
 # The layer's statements take about a millisecond; a second means locks, I/O or a backlog.
 SLOW_STATEMENT_SECONDS = 1.0
-
-MIGRATE_HINT = "python -m channel_layer_pg migrate --url URL  (or: alembic upgrade head)"
 
 
 # asyncpg keeps every statement prepared for the life of the connection, and PostgreSQL may keep
@@ -83,8 +65,9 @@ def create_engine(config: LayerConfig, *, use_given_engine: bool) -> tuple[Async
         url,
         isolation_level="AUTOCOMMIT",
         connect_args=_connect_args(config, config.connect_args),
-        # The layer pools connections itself (connections.HeldConnections): SQLAlchemy's
-        # checkout per statement cost more than the statement.
+        # The layer pools connections itself (pool.HeldConnections): a checkout from
+        # SQLAlchemy's async pool costs about as much as the statement it is for
+        # (benchmarks/pool_checkout.py).
         poolclass=NullPool,
     )
     return engine, True
@@ -136,49 +119,6 @@ def _connect_args(config: LayerConfig, given: Mapping[str, Any], *, listen: bool
     return connect_args
 
 
-class translated_errors:  # lower case like contextlib.suppress: read as "with translated_errors(...)"
-    """Re-raise connection failures and a missing schema as the layer's own errors.
-
-    A class rather than a @contextmanager generator: it wraps every statement, and entering
-    and leaving a generator-based context costs several times more.
-    """
-
-    __slots__ = ("_config",)
-
-    def __init__(self, config: LayerConfig) -> None:
-        self._config = config
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if exc is None or not isinstance(exc, Exception):
-            return
-        translated = _translated(self._config, exc)
-        if translated is not exc:
-            raise translated from exc
-
-
-def _translated(config: LayerConfig, exc: Exception) -> Exception:
-    """The layer's own error for ``exc``, or ``exc`` itself if it is none of the layer's business."""
-    if isinstance(exc, DBAPIError):
-        return _translate(config, exc)
-    if isinstance(exc, asyncpg.exceptions.UndefinedTableError):
-        return _schema_missing(config)
-    if isinstance(exc, _REFUSALS):
-        return _refused(config, exc)
-    if isinstance(exc, _CONNECTION_FAILURES):
-        return _unreachable(config, exc)
-    sqlstate = getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.exceptions.PostgresError) else None
-    if sqlstate in _CONNECTION_LOST_STATES:
-        return _unreachable(config, exc)
-    if sqlstate in _LOST_PREPARED_STATEMENTS:
-        return _pooled_statement_lost(config, exc)
-    if isinstance(exc, (OSError, asyncio.TimeoutError)):
-        return _unreachable(config, exc)
-    return exc
-
-
 class StatementRunner:
     """Runs the layer's Core statements on the engine's pooled asyncpg connections.
 
@@ -193,6 +133,7 @@ class StatementRunner:
         self._engine = engine
         self._config = config
         self._compiled: dict[Executable, _Compiled] = {}
+        self._running: set[asyncio.Task[None]] = set()
         given_pool_size = getattr(engine.pool, "size", lambda: 0)()
         self._most_connections = max(given_pool_size, config.pool_size) + config.max_overflow + 1
         # Whether a connection was ever opened: an outage after that is ridden out.
@@ -202,11 +143,12 @@ class StatementRunner:
                 engine,
                 keep=config.pool_size,
                 most=config.pool_size + config.max_overflow,
+                idle_timeout=config.pool_idle_timeout,
             )
         else:
             # An application's engine: its pool is the application's to size and share, so
             # every connection goes back to it after each statement.
-            self._connections = HeldConnections(engine, keep=0, most=sys.maxsize)
+            self._connections = HeldConnections(engine, keep=0, most=sys.maxsize, idle_timeout=None)
 
     async def fetch(
         self, statement: Executable, parameters: Mapping[str, Any], *, in_own_task: bool = False
@@ -241,10 +183,37 @@ class StatementRunner:
         # Shielded: a statement cancelled halfway leaves its connection mid-protocol, and the
         # pool would have to throw it away. A cancelled caller stops waiting; the statement
         # still completes (a send still lands: it was already on its way to the server).
-        return await asyncio.shield(self._run(compiled, work))
+        # Like asyncio.shield, less one turn of the event loop per statement (about 10 us):
+        # the task hands its outcome over itself rather than through a done callback.
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[T] = loop.create_future()
+        # Held until done: a cancelled caller no longer holds the task, and the loop holds
+        # tasks only weakly.
+        task = loop.create_task(self._run_into(outcome, compiled, work))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return await outcome
+
+    async def _run_into(
+        self, outcome: asyncio.Future[T], compiled: _Compiled, work: Callable[[Any], Awaitable[T]]
+    ) -> None:
+        try:
+            result = await self._run(compiled, work)
+        except BaseException as exc:
+            # Done already: the caller was cancelled and is not listening any more.
+            if not outcome.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    outcome.cancel()
+                else:
+                    outcome.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if not outcome.done():
+                outcome.set_result(result)
 
     async def _run(self, compiled: _Compiled, work: Callable[[Any], Awaitable[T]]) -> T:
-        delays = iter(_RECONNECT_DELAYS)
+        backoff: Backoff | None = None  # made at the first failure: most statements meet none
         # After a restart every idle connection is dead; replacing each must not use up the
         # waits meant for a server that is really down.
         dead_allowed = self._most_connections
@@ -254,9 +223,11 @@ class StatementRunner:
                     held = await self._connections.acquire()
                 self.has_connected = True
             except DatabaseUnreachableError as exc:
-                delay = next(delays, None)
-                if delay is None or not _worth_retrying(exc):
+                if backoff is None:
+                    backoff = Backoff(_RECONNECT_FIRST, _RECONNECT_MOST, give_up_after=_RECONNECT_FOR)
+                if backoff.exhausted or not retryable(exc):
                     raise
+                delay = backoff.next()
                 # Nothing was sent: the server may be restarting, so try again shortly.
                 logger.warning("%s; retrying in %.2f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -278,7 +249,7 @@ class StatementRunner:
                 # statement is tried once more on another connection.
                 await self._connections.discard(held)
                 if dead_allowed <= 0:
-                    raise _unreachable(self._config, exc) from exc
+                    raise unreachable(self._config, exc) from exc
                 dead_allowed -= 1
                 continue
             except DatabaseUnreachableError:
@@ -337,86 +308,3 @@ def _name_of(statement: Executable) -> str:
             if value is statement and not name.startswith("_"):
                 return f"{module.__name__.rsplit('.', 1)[-1]}.{name}"
     return type(statement).__name__
-
-
-def _translate(config: LayerConfig, exc: DBAPIError) -> Exception:
-    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-    if sqlstate == _UNDEFINED_TABLE:
-        return _schema_missing(config)
-    if sqlstate in _CONNECT_REFUSALS:
-        return _refused(config, exc.orig)
-    if sqlstate == _PROTOCOL_VIOLATION and "startup parameter" in str(exc.orig):
-        return _startup_parameter_refused(config, exc.orig)
-    if sqlstate in _LOST_PREPARED_STATEMENTS:
-        return _pooled_statement_lost(config, exc.orig or exc)
-    if sqlstate in _CONNECTION_LOST_STATES or sqlstate.startswith("08"):
-        return _unreachable(config, exc.orig or exc)
-    cause = exc.orig.__cause__ if exc.orig is not None else None
-    if isinstance(exc, (OperationalError, InterfaceError)) and isinstance(
-        cause, (OSError, asyncio.TimeoutError)
-    ):
-        return _unreachable(config, cause)
-    return exc
-
-
-class _ConnectionRefused(DatabaseUnreachableError):
-    """The server answered and said no (bad password, unknown database): waiting won't help."""
-
-
-def _worth_retrying(exc: DatabaseUnreachableError) -> bool:
-    return not isinstance(exc, _ConnectionRefused)
-
-
-def _schema_missing(config: LayerConfig) -> SchemaMissingError:
-    return SchemaMissingError(
-        f"the channel layer's tables do not exist in {config.safe_url}; create them with: {MIGRATE_HINT}"
-    )
-
-
-def _refused(config: LayerConfig, reason: object) -> DatabaseUnreachableError:
-    return _ConnectionRefused(
-        f"PostgreSQL at {config.host_and_port} refused the connection ({config.safe_url}): {reason}"
-    )
-
-
-# What a user behind a transaction pooler has to do, named by every error that suggests one.
-_POOLER_HINT = (
-    "if the URL points at a pooler in transaction mode (PgBouncer's pool_mode = transaction), "
-    "set listen_url to a direct PostgreSQL URL: the layer then leaves synchronous_commit and "
-    "enable_seqscan to the server and prepares no named statements (in session mode, "
-    "ignore_startup_parameters = synchronous_commit,enable_seqscan will do)"
-)
-
-
-def _startup_parameter_refused(config: LayerConfig, reason: object) -> DatabaseUnreachableError:
-    return _ConnectionRefused(
-        f"{config.host_and_port} refused the connection ({config.safe_url}): {reason}; {_POOLER_HINT}"
-    )
-
-
-def _pooled_statement_lost(config: LayerConfig, exc: BaseException) -> DatabaseUnreachableError:
-    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if config.behind_pooler and config.engine is not None:
-        # With listen_url set, only an engine the application gave prepares named statements.
-        advice = (
-            "the engine passed as engine= prepares named statements, which a transaction pooler "
-            "loses between transactions: create it with "
-            "connect_args={'statement_cache_size': 0, 'prepared_statement_cache_size': 0}"
-        )
-    else:
-        advice = _POOLER_HINT
-    return _ConnectionRefused(
-        f"PostgreSQL at {config.host_and_port} ({config.safe_url}): {first_line}; {advice}"
-    )
-
-
-def _unreachable(config: LayerConfig, exc: BaseException) -> DatabaseUnreachableError:
-    if isinstance(exc, asyncio.TimeoutError):
-        reason = f"no answer within {config.connect_timeout:g} s"
-    elif isinstance(exc, socket.gaierror):
-        reason = f"host name lookup failed ({exc.strerror})"
-    else:
-        reason = str(exc) or type(exc).__name__
-    return DatabaseUnreachableError(
-        f"cannot reach PostgreSQL at {config.host_and_port} ({config.safe_url}): {reason}"
-    )

@@ -1,5 +1,8 @@
 """One LISTEN connection per layer and event loop, outside the pool, that wakes readers.
 
+It is closed when nothing has been listened to for pool_idle_timeout seconds, and opened
+again by the next subscribe.
+
 NOTIFY carries no data here: the message table is the source of truth and a notification
 only says "look again". That makes a lost notification (the connection dropped, nobody was
 listening yet) cost latency, never a message: on reconnect every reader is woken to look.
@@ -19,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ..config import LayerConfig
 from ..errors import DatabaseUnreachableError
 from ..naming import listener_application_name
-from .db import translated_errors
+from .backoff import Backoff
+from .driver_errors import listen_failed, translated_errors
 
 logger = logging.getLogger("channel_layer_pg")
 
@@ -27,14 +31,8 @@ Wake = Callable[[], None]
 # Sends a NOTIFY on a topic through the layer's own pool (the way every send wakes readers).
 Notify = Callable[[str], Awaitable[object]]
 
-_BACKOFF_START = 0.1
-_BACKOFF_MAX = 5.0
-
-
-def _lost(config: LayerConfig, exc: Exception) -> DatabaseUnreachableError:
-    return DatabaseUnreachableError(
-        f"the listen connection to PostgreSQL at {config.host_and_port} failed: {exc}"
-    )
+# Waits between attempts to reconnect after a loss; it retries for as long as the layer is open.
+_RECONNECT_FIRST, _RECONNECT_MOST = 0.1, 5.0
 
 
 class NotificationsNotDelivered(DatabaseUnreachableError):
@@ -60,6 +58,9 @@ class Listener:
         self._driver: Any = None  # the asyncpg connection under self._conn
         self._lock = asyncio.Lock()
         self._reconnect_task: asyncio.Task[None] | None = None
+        # Set while no topic is listened to: closes the connection after pool_idle_timeout.
+        self._unused_timer: asyncio.TimerHandle | None = None
+        self._closing_unused: asyncio.Task[None] | None = None
         self._closed = False
         # Once connected, a lost connection is an outage to ride out rather than an error.
         self.has_connected = False
@@ -67,6 +68,9 @@ class Listener:
     async def subscribe(self, topic: str, wake: Wake) -> None:
         """Call ``wake`` on every NOTIFY to ``topic``; LISTEN is in effect when this returns."""
         failures = self._check_failures
+        if self._unused_timer is not None:
+            self._unused_timer.cancel()
+            self._unused_timer = None
         async with self._lock:
             if self._check_failures != failures and self._check_failure is not None:
                 raise self._check_failure
@@ -82,7 +86,7 @@ class Listener:
                         # Whatever broke LISTEN (most often a connection killed but not yet
                         # noticed) leaves this connection untrustworthy: start afresh.
                         await self._drop_connection()
-                        raise _lost(self._listen_config, exc) from exc
+                        raise listen_failed(self._listen_config, exc) from exc
                     raise
             wakers.add(wake)
 
@@ -100,12 +104,40 @@ class Listener:
                     await self._driver.remove_listener(topic, self._on_notify)
                 except Exception:  # the connection died meanwhile; its LISTENs died with it
                     logger.debug("UNLISTEN %s failed; connection already gone", topic)
+            self._close_when_unused()
+
+    def _close_when_unused(self) -> None:
+        """With nothing to listen to, close the connection after pool_idle_timeout seconds.
+
+        The next subscribe opens another: a few ms for the first receive after a quiet spell,
+        against a server connection held for nothing meanwhile.
+        """
+        idle_timeout = self._config.pool_idle_timeout
+        if not self._wakers and idle_timeout is not None and self._unused_timer is None:
+            self._unused_timer = asyncio.get_running_loop().call_later(idle_timeout, self._close_unused)
+
+    def _close_unused(self) -> None:
+        self._unused_timer = None
+        if not self._closed and not self._wakers and self._driver is not None:
+            self._closing_unused = asyncio.get_running_loop().create_task(self._drop_if_unused())
+
+    async def _drop_if_unused(self) -> None:
+        async with self._lock:
+            # A subscribe may have come while this waited for the lock.
+            if not self._wakers:
+                logger.debug("closing the listen connection: nothing listened to for a while")
+                await self._drop_connection()
 
     async def close(self) -> None:
         self._closed = True
+        if self._unused_timer is not None:
+            self._unused_timer.cancel()
         if self._reconnect_task is not None:
             self._reconnect_task.cancel()
             await asyncio.gather(self._reconnect_task, return_exceptions=True)
+        if self._closing_unused is not None:
+            # Not cancelled: cut short, it could leave its connection half closed.
+            await asyncio.gather(self._closing_unused, return_exceptions=True)
         async with self._lock:
             await self._drop_connection()
         self._wakers.clear()
@@ -217,7 +249,7 @@ class Listener:
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
-        delay = _BACKOFF_START
+        backoff = Backoff(_RECONNECT_FIRST, _RECONNECT_MOST)
         # Started the moment the connection was lost (see _on_terminated).
         lost_at = time.monotonic()
         while not self._closed:
@@ -227,17 +259,18 @@ class Listener:
                     for topic in self._wakers:
                         await self._driver.add_listener(topic, self._on_notify)
             except Exception as exc:
+                delay = backoff.next()
                 logger.warning(
                     "reconnecting the listen connection failed (%s); retrying in %.1f s", exc, delay
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
                 continue
             logger.info(
                 "listen connection to %s restored after %.1f s down",
                 self._listen_config.host_and_port,
                 time.monotonic() - lost_at,
             )
+            self._close_when_unused()
             break
         # Whatever was sent while nobody listened is in the table: every reader looks again.
         for wakers in tuple(self._wakers.values()):

@@ -1,11 +1,12 @@
 """The layer's own pool: connections it keeps open between statements.
 
-SQLAlchemy's async pool costs about 35 us per checkout and return here, a third of a whole
-one-row INSERT on loopback (about 100 us), and the layer runs one short autocommitted
-statement per checkout. So for an engine the layer makes (whose SQLAlchemy pool is a
-NullPool: it only opens connections) this is the pool: up to ``most`` connections, of which
-up to ``keep`` stay open while idle. For an application's engine (``keep=0``) every
-connection goes back to the application's pool after each statement.
+The layer runs one short autocommitted statement per checkout, and SQLAlchemy's async pool
+costs 40 to 150 us per checkout and return (benchmarks/pool_checkout.py), as much as a whole
+one-row INSERT on loopback; this pool costs about 1 us. So for an engine the layer makes
+(whose SQLAlchemy pool is a NullPool: it only opens connections) this is the pool: up to
+``most`` connections, of which up to ``keep`` stay open while idle, each for at most
+``idle_timeout`` seconds. For an application's engine (``keep=0``) every connection goes back
+to the application's pool after each statement.
 """
 
 from __future__ import annotations
@@ -19,36 +20,44 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..errors import LayerClosedError
+from .backoff import Backoff
+from .driver_errors import server_full
 
 logger = logging.getLogger("channel_layer_pg")
 
-# After the server refused a connection for want of slots, how long to make do with those open.
-_FULL_BACKOFF = 1.0
-# too_many_connections: max_connections reached, or the role's or database's CONNECTION LIMIT.
-_TOO_MANY_CONNECTIONS = "53300"
+# After the server refused a connection for want of slots, how long to make do with those
+# open before asking again. Each refused attempt still costs the server a backend process,
+# so a server that stays full is asked less and less often.
+_FULL_FIRST, _FULL_MOST = 1.0, 5.0
 
 
 class Held:
     """One checked-out connection and the asyncpg connection under it."""
 
-    __slots__ = ("connection", "driver")
+    __slots__ = ("connection", "driver", "idle_since")
 
     def __init__(self, connection: AsyncConnection, driver: Any) -> None:
         self.connection = connection
         self.driver = driver
+        self.idle_since = 0.0  # time.monotonic() when last returned to the idle connections
 
 
 class HeldConnections:
-    def __init__(self, engine: AsyncEngine, *, keep: int, most: int) -> None:
+    def __init__(self, engine: AsyncEngine, *, keep: int, most: int, idle_timeout: float | None) -> None:
         self._engine = engine
         self._keep = keep
         self._most = most
+        self._idle_timeout = idle_timeout
         self._count = 0
+        # Oldest-returned first: taken from the end (the warmest), expired from the start.
         self._idle: list[Held] = []
         self._waiting: deque[asyncio.Future[Held | None]] = deque()
         self._closed = False
         self._full_until = 0.0
+        self._full_backoff = Backoff(_FULL_FIRST, _FULL_MOST)
         self._all_returned: asyncio.Future[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._closing_expired: set[asyncio.Task[None]] = set()
 
     async def acquire(self) -> Held:
         """A connection for one statement; give it back with ``release`` or ``discard``."""
@@ -69,7 +78,7 @@ class HeldConnections:
                 except BaseException as exc:
                     self._count -= 1
                     self._note_returned()  # a close() may be waiting for this one
-                    make_do = bool(self._count) and _server_full(exc)
+                    make_do = bool(self._count) and server_full(exc)
                     if not make_do:
                         # The slot is free for a waiter. Before the await below: a second
                         # cancel there would skip anything after it, and leave them waiting.
@@ -80,13 +89,17 @@ class HeldConnections:
                         raise
                     # The server has no connection to spare (max_connections, or the role's
                     # CONNECTION LIMIT): make do with the ones in use, and ask again later.
-                    self._full_until = time.monotonic() + _FULL_BACKOFF
+                    wait = self._full_backoff.next()
+                    self._full_until = time.monotonic() + wait
                     logger.warning(
-                        "PostgreSQL refused another connection (%s); waiting for one of the %d open",
+                        "PostgreSQL refused another connection (%s); waiting for one of the %d open "
+                        "(asking again in %.1f s at the earliest)",
                         exc,
                         self._count,
+                        wait,
                     )
                     continue
+                self._full_backoff.reset()
                 return Held(connection, raw.driver_connection)
             waiter: asyncio.Future[Held | None] = asyncio.get_running_loop().create_future()
             self._waiting.append(waiter)
@@ -108,7 +121,10 @@ class HeldConnections:
         elif self._wake_one(held):
             return
         elif len(self._idle) < self._keep:
+            held.idle_since = time.monotonic()
             self._idle.append(held)
+            if self._expiry is None and self._idle_timeout is not None:
+                self._expiry = asyncio.get_running_loop().call_later(self._idle_timeout, self._close_expired)
         else:
             await self._give_back(held)
 
@@ -129,9 +145,14 @@ class HeldConnections:
         finish first: a connection returned after the engine is disposed would never close.
         """
         self._closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         idle, self._idle = self._idle, []
         for held in idle:
             await self._give_back(held)
+        if self._closing_expired:
+            await asyncio.gather(*self._closing_expired, return_exceptions=True)
         if self._count:
             self._all_returned = asyncio.get_running_loop().create_future()
             done, _ = await asyncio.wait({self._all_returned}, timeout=timeout)
@@ -147,6 +168,33 @@ class HeldConnections:
         finally:
             self._wake_one(None)
             self._note_returned()
+
+    def _close_expired(self) -> None:
+        """Close the connections idle for ``idle_timeout`` s; come back when the next one is."""
+        self._expiry = None
+        if self._closed or self._idle_timeout is None:
+            return
+        now = time.monotonic()
+        expired = 0
+        while expired < len(self._idle) and now - self._idle[expired].idle_since >= self._idle_timeout:
+            expired += 1
+        if expired:
+            # Out of the idle list at once, so no statement takes one while it closes.
+            closing, self._idle = self._idle[:expired], self._idle[expired:]
+            task = asyncio.get_running_loop().create_task(self._give_back_expired(closing))
+            self._closing_expired.add(task)
+            task.add_done_callback(self._closing_expired.discard)
+        if self._idle:
+            due = self._idle[0].idle_since + self._idle_timeout - now
+            self._expiry = asyncio.get_running_loop().call_later(due, self._close_expired)
+
+    async def _give_back_expired(self, closing: list[Held]) -> None:
+        logger.debug("closing %d connections idle for %g s", len(closing), self._idle_timeout)
+        for held in closing:
+            try:
+                await self._give_back(held)
+            except Exception:  # it died idle: closed either way, and nobody is waiting on it
+                logger.debug("closing an idle connection failed", exc_info=True)
 
     def _note_returned(self) -> None:
         if self._count == 0 and self._all_returned is not None and not self._all_returned.done():
@@ -168,14 +216,3 @@ async def _abandon(connection: AsyncConnection) -> None:
         await connection.close()
     except Exception:
         pass  # already failing: the caller hears of the first error, not of this one
-
-
-def _server_full(exc: BaseException) -> bool:
-    """Whether ``exc`` (SQLAlchemy's or asyncpg's) is PostgreSQL refusing for want of slots."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        for candidate in (seen, getattr(seen, "orig", None)):
-            if getattr(candidate, "sqlstate", None) == _TOO_MANY_CONNECTIONS:
-                return True
-        seen = seen.__cause__
-    return False
