@@ -18,8 +18,7 @@ row (two statements, two checkouts; the figure is per statement). Variants take 
 each round, so a neighbour's load on a shared machine falls on all of them alike; the median
 of the rounds is printed, with the lowest and highest round.
 
-    python -m channel_layer_pg migrate --url postgresql://postgres@127.0.0.1:5432/pool_wt
-    python benchmarks/pool_checkout.py --url postgresql://postgres@127.0.0.1:5432/pool_wt
+    python benchmarks/bench.py pool-checkout [--url URL] [--rounds 15] [--count 500]
 """
 
 from __future__ import annotations
@@ -233,14 +232,11 @@ def report(results: Results, rounds: int, count: int) -> None:
             print(f"  {name:<26} {median:7.1f}  ({min(figures):.1f}-{max(figures):.1f}){over}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/pool_wt")
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench.py pool-checkout", description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/bench")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--count", type=int, default=500, help="statements per variant per round")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     report(asyncio.run(measure(args.url, args.rounds, args.count)), args.rounds, args.count)
-
-
-if __name__ == "__main__":
-    main()
+    return 0
