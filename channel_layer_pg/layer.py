@@ -70,7 +70,7 @@ class PostgresChannelLayer:
         # async_to_sync calls arrive from several threads at once; one I/O backend serves them.
         self._io_backend_lock = threading.Lock()
         self._closed = False
-        self._drops = DropLog()
+        self._drops = DropLog(self._config.fault_hooks)
 
     def __repr__(self) -> str:
         return f"<PostgresChannelLayer {self._config.safe_url} prefix={self.prefix!r}>"

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from ..errors import DatabaseUnreachableError
+from ..faults import FaultHooks
 from ..local import Claimed, ClaimedBuffer
 from .listener import Listener, NotificationsNotDelivered
 
@@ -45,8 +46,11 @@ class QueueReader:
         on_buffered: Callable[[str], None],
         on_idle: Callable[[QueueReader], None],
         database_reached: Callable[[], bool],
+        faults: FaultHooks | None = None,
     ) -> None:
         self.queue = queue
+        self._faults = faults
+        self._poll_interval = POLL_INTERVAL if faults is None else faults.poll_interval or POLL_INTERVAL
         self._database_reached = database_reached
         self._topic = topic
         self._listener = listener
@@ -191,7 +195,7 @@ class QueueReader:
                 # Those found empty before are due for the poll's look anyway.
                 self._known_empty.clear()
             if not self._known_empty:
-                self._known_empty_until = now + POLL_INTERVAL
+                self._known_empty_until = now + self._poll_interval
             self._known_empty.update(channels)
 
     def fail_waiters(self, exc: BaseException) -> None:
@@ -259,7 +263,7 @@ class QueueReader:
                     return
                 continue
             if self._inline_claim is not None:
-                await self._wakeup.wait(POLL_INTERVAL)
+                await self._wakeup.wait(self._poll_interval)
                 continue
             wanted = {
                 channel: len(waiters)
@@ -346,6 +350,8 @@ class QueueReader:
             if not waiter.done():
                 waiter.set_result(row)
                 delivered = True
+                if self._faults is not None:
+                    self._faults.handed_over(row.channel)
         if waiters is not None and not waiters:
             del self._waiters[row.channel]
         return delivered
