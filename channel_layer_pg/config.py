@@ -13,6 +13,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .capacity import ChannelCapacity, parse_channel_capacity
+from .faults import FaultHooks
 from .naming import validate_group_name
 from .serialization import Codec, Encryptor, resolve_serializer
 
@@ -57,6 +58,9 @@ OPTION_NAMES = (
     "pool_idle_timeout",
     "connect_timeout",
     "synchronous_commit",
+    "close_timeout",
+    "slow_statement_threshold",
+    "fault_hooks",
 )
 _SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "on", "remote_apply")
 
@@ -89,6 +93,15 @@ class LayerConfig:
     # backend holding memory and one of max_connections, at the price of a new connection
     # (a few ms) after a quiet minute.
     pool_idle_timeout: float | None = 60.0
+    # How long close() waits for each of: claims still running, putting back the messages
+    # they claimed, statements still running. A lock held on the table (a migration, VACUUM
+    # FULL) must not hold up a shutdown for its duration.
+    close_timeout: float = 5.0
+    # Statements slower than this are logged, by name: their parameters hold payloads. The
+    # layer's statements take about a millisecond; a second means locks, I/O or a backlog.
+    slow_statement_threshold: float = 1.0
+    # A seam for the layer's own tests of failures and races (see faults.py); None in use.
+    fault_hooks: FaultHooks | None = None
 
     @property
     def behind_pooler(self) -> bool:
@@ -203,6 +216,11 @@ def build_config(options: Mapping[str, Any]) -> LayerConfig:
         connect_args=connect_args,
         listen_url=listen_url,
         listen_connect_args=listen_connect_args,
+        close_timeout=_seconds("close_timeout", options.get("close_timeout", 5)),
+        slow_statement_threshold=_seconds(
+            "slow_statement_threshold", options.get("slow_statement_threshold", 1)
+        ),
+        fault_hooks=_fault_hooks(options.get("fault_hooks")),
     )
 
 
@@ -323,6 +341,14 @@ def _non_negative_int(name: str, value: object) -> int:
         raise TypeError(f"{name} must be an int, not {value!r}")
     if value < 0:
         raise ValueError(f"{name} must not be negative, not {value!r}")
+    return value
+
+
+def _fault_hooks(value: object) -> FaultHooks | None:
+    if value is not None and not isinstance(value, FaultHooks):
+        raise TypeError(
+            f"fault_hooks must be a channel_layer_pg.faults.FaultHooks or None, not {type(value).__name__}"
+        )
     return value
 
 

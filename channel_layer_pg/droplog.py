@@ -15,6 +15,8 @@ import threading
 import time
 from collections import Counter
 
+from .faults import FaultHooks
+
 logger = logging.getLogger("channel_layer_pg")
 
 SUMMARY_INTERVAL = 10.0
@@ -25,7 +27,10 @@ _NAMES_IN_SUMMARY = 5
 class DropLog:
     """Thread-safe: a layer's calls come from its event loop and from its I/O thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, faults: FaultHooks | None = None) -> None:
+        self._summary_interval = (
+            SUMMARY_INTERVAL if faults is None else faults.drop_summary_interval or SUMMARY_INTERVAL
+        )
         self._lock = threading.Lock()
         self._interval = 0  # numbers intervals, so a late timer cannot end a newer one
         self._started = 0.0  # monotonic time of the drop that opened the interval
@@ -63,7 +68,7 @@ class DropLog:
             # The previous interval's summary, if its timer never ran (see _end_later).
             summary = self._take_summary()
             self._interval += 1
-            self._started, self._quiet_after = now, now + SUMMARY_INTERVAL
+            self._started, self._quiet_after = now, now + self._summary_interval
             interval = self._interval
         _log(summary)
         self._end_later(interval)
@@ -72,7 +77,7 @@ class DropLog:
     def _end_later(self, interval: int) -> None:
         # On a loop that async_to_sync closes right after the call this never runs; the
         # summary then comes with the next drop, or at close.
-        asyncio.get_running_loop().call_later(SUMMARY_INTERVAL, self._end, interval)
+        asyncio.get_running_loop().call_later(self._summary_interval, self._end, interval)
 
     def _end(self, interval: int) -> None:
         with self._lock:

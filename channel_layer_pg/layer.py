@@ -56,7 +56,7 @@ class PostgresChannelLayer:
         # per-call loops through the layer's own I/O thread (see loops.py for the rule).
         self._loops = EventLoops(f"channel_layer_pg-{self.client_prefix}", self._new_backend)
         self._closed = False
-        self._drops = DropLog()
+        self._drops = DropLog(self._config.fault_hooks)
 
     def __repr__(self) -> str:
         return f"<PostgresChannelLayer {self._config.safe_url} prefix={self.prefix!r}>"

@@ -5,17 +5,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from channel_layer_pg import PostgresChannelLayer
 from channel_layer_pg.errors import LayerClosedError
-from channel_layer_pg.store import backend as backend_module
-from channel_layer_pg.store.backend import LoopBackend
-from channel_layer_pg.store.claims import QueueReader
+from channel_layer_pg.faults import FaultHooks
 from tests.conftest import connect
-from tests.helpers import TIMEOUT, LayerFactory, Sql, receive, signal_when_waiting
+from tests.helpers import (
+    CLAIMS,
+    TIMEOUT,
+    CancelAfterClaim,
+    CancelAtHandOver,
+    LayerFactory,
+    Sql,
+    receive,
+)
 
 
 async def test_a_cancelled_receive_leaves_the_message_for_the_next(layer: PostgresChannelLayer) -> None:
@@ -27,36 +34,27 @@ async def test_a_cancelled_receive_leaves_the_message_for_the_next(layer: Postgr
     assert await receive(layer, "test.cancel") == {"type": "kept"}
 
 
-async def test_a_message_claimed_for_a_receive_cancelled_meanwhile_is_kept(
-    layer: PostgresChannelLayer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_message_claimed_for_a_receive_cancelled_meanwhile_is_kept(make_layer: LayerFactory) -> None:
+    faults = CancelAfterClaim()
+    layer = make_layer(fault_hooks=faults)
     await layer.send("test.claim-race", {"type": "first"})
     await layer.send("test.claim-race", {"type": "second"})
-    await receive_cancelled_after_its_claim(layer, "test.claim-race", monkeypatch)
+    await receive_cancelled_after_its_claim(layer, faults, "test.claim-race")
     assert await receive(layer, "test.claim-race") == {"type": "first"}
     assert await receive(layer, "test.claim-race") == {"type": "second"}
 
 
 async def test_a_message_handed_to_a_receive_cancelled_at_that_moment_is_kept(
-    layer: PostgresChannelLayer, monkeypatch: pytest.MonkeyPatch
+    make_layer: LayerFactory,
 ) -> None:
-    receiving: asyncio.Task[Any] | None = None
-    dispatch = QueueReader._dispatch
-
-    def dispatch_then_cancel(self: QueueReader, rows: Any) -> None:
-        dispatch(self, rows)
-        assert receiving is not None
-        receiving.cancel()  # the message is in the waiter's hands, the task not resumed yet
-
-    waiting = signal_when_waiting(monkeypatch)
-    monkeypatch.setattr(QueueReader, "_dispatch", dispatch_then_cancel)
-    receiving = asyncio.create_task(layer.receive("test.hand-race"))
-    assert await asyncio.to_thread(waiting.wait, TIMEOUT)
+    faults = CancelAtHandOver()
+    layer = make_layer(fault_hooks=faults)
+    receiving = faults.target = asyncio.create_task(layer.receive("test.hand-race"))
+    assert await asyncio.to_thread(faults.waiting.wait, TIMEOUT)
     await layer.send("test.hand-race", {"type": "first"})
     await layer.send("test.hand-race", {"type": "second"})
     await asyncio.wait_for(asyncio.gather(receiving, return_exceptions=True), TIMEOUT)
     assert receiving.cancelled()
-    monkeypatch.undo()
     assert await receive(layer, "test.hand-race") == {"type": "first"}
     assert await receive(layer, "test.hand-race") == {"type": "second"}
 
@@ -93,13 +91,12 @@ async def test_random_cancellations_under_traffic_lose_and_duplicate_nothing(
 # receive on its channel. If the layer closes first, another process must still get it.
 
 
-async def test_close_puts_back_a_claimed_message_no_receive_took(
-    make_layer: LayerFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    closing, other = make_layer(), make_layer()
+async def test_close_puts_back_a_claimed_message_no_receive_took(make_layer: LayerFactory) -> None:
+    faults = CancelAfterClaim()
+    closing, other = make_layer(fault_hooks=faults), make_layer()
     await other.send("test.close-held", {"type": "first"})
     await other.send("test.close-held", {"type": "second"})
-    await receive_cancelled_after_its_claim(closing, "test.close-held", monkeypatch)
+    await receive_cancelled_after_its_claim(closing, faults, "test.close-held")
     assert (await closing.stats()).held_in_process == 1
     await closing.close()
     # Back under its old id, so still ahead of the message sent after it.
@@ -108,85 +105,81 @@ async def test_close_puts_back_a_claimed_message_no_receive_took(
 
 
 async def test_close_waits_for_a_receive_s_claim_and_puts_back_its_message(
-    make_layer: LayerFactory, monkeypatch: pytest.MonkeyPatch
+    make_layer: LayerFactory,
 ) -> None:
-    closing, other = make_layer(), make_layer()
+    claimed, release = asyncio.Event(), asyncio.Event()
+    running_at_close: list[int] = []
+
+    class HeldClaim(FaultHooks):
+        async def after_statement(self, name: str, parameters: Mapping[str, Any], result: Any) -> None:
+            if name in CLAIMS:
+                claimed.set()  # the row is taken from the table: only this claim holds it
+                await release.wait()
+
+        async def receives_closed(self, claims_running: int) -> None:
+            running_at_close.append(claims_running)
+            release.set()  # the claim ends only once close() holds it among those to wait for
+
+    closing, other = make_layer(fault_hooks=HeldClaim()), make_layer()
     await other.send("test.close-inline", {"type": "kept"})
-    claiming, release = asyncio.Event(), asyncio.Event()
-    claim = LoopBackend._claim
-
-    async def held_claim(self: LoopBackend, *args: Any) -> Any:
-        claiming.set()
-        await release.wait()
-        return await claim(self, *args)
-
-    close_reader = QueueReader.close
-
-    async def close_then_release(self: QueueReader, exc: BaseException) -> Any:
-        in_flight = await close_reader(self, exc)
-        release.set()  # the claim ends only once close() holds it among those to wait for
-        return in_flight
-
-    monkeypatch.setattr(LoopBackend, "_claim", held_claim)
-    monkeypatch.setattr(QueueReader, "close", close_then_release)
     receiving = asyncio.create_task(closing.receive("test.close-inline"))
-    await asyncio.wait_for(claiming.wait(), TIMEOUT)
+    await asyncio.wait_for(claimed.wait(), TIMEOUT)
     receiving.cancel()  # the receive's own claim goes on without it
     await asyncio.gather(receiving, return_exceptions=True)
     await asyncio.wait_for(closing.close(), TIMEOUT)
-    monkeypatch.undo()
+    assert running_at_close == [1]
     assert await receive(other, "test.close-inline") == {"type": "kept"}
 
 
 async def test_close_waits_for_the_reader_s_claim_and_puts_back_its_message(
-    make_layer: LayerFactory, monkeypatch: pytest.MonkeyPatch
+    make_layer: LayerFactory,
 ) -> None:
-    closing, other = make_layer(), make_layer()
-    claiming, release = asyncio.Event(), asyncio.Event()
-    claim = LoopBackend._claim
-    claims = 0
+    claiming, sent, claimed, release = asyncio.Event(), asyncio.Event(), asyncio.Event(), asyncio.Event()
+    held_claim_found: list[str] = []
 
-    held_claim_found: list[Any] = []
+    class SecondClaimHeld(FaultHooks):
+        claims = 0
 
-    async def second_claim_held(self: LoopBackend, *args: Any) -> Any:
-        # The first is the receive's own, which finds nothing; the second is the reader's.
-        nonlocal claims
-        claims += 1
-        if claims == 1:
-            return await claim(self, *args)
-        claiming.set()
-        await release.wait()
-        rows = await claim(self, *args)
-        held_claim_found.extend(rows)
-        return rows
+        async def before_statement(self, name: str, parameters: Mapping[str, Any]) -> None:
+            # The first is the receive's own, which finds nothing; the second is the reader's,
+            # held until the message is in the table so that it finds it.
+            if name in CLAIMS:
+                self.claims += 1
+                if self.claims == 2:
+                    claiming.set()
+                    await sent.wait()
 
-    monkeypatch.setattr(LoopBackend, "_claim", second_claim_held)
+        async def after_statement(self, name: str, parameters: Mapping[str, Any], result: Any) -> None:
+            if name in CLAIMS and self.claims == 2:
+                held_claim_found.extend(row["channel"] for row in result)
+                claimed.set()
+                await release.wait()
+
+        async def receives_closed(self, claims_running: int) -> None:
+            release.set()  # the claim ends only once close() holds it among those to wait for
+
+    closing, other = make_layer(fault_hooks=SecondClaimHeld()), make_layer()
     receiving = asyncio.create_task(closing.receive("test.close-reader"))
     await asyncio.wait_for(claiming.wait(), TIMEOUT)
     await other.send("test.close-reader", {"type": "kept"})
-    close = asyncio.create_task(closing.close())
-    # Once the receive has failed, the reader was cancelled in the same step: the message
-    # its claim is about to find has no receiver left.
+    sent.set()
+    await asyncio.wait_for(claimed.wait(), TIMEOUT)
+    await asyncio.wait_for(closing.close(), TIMEOUT)
+    # The receive failed as close() began: the message the held claim took had no receiver left.
     results = await asyncio.wait_for(asyncio.gather(receiving, return_exceptions=True), TIMEOUT)
     assert isinstance(results[0], LayerClosedError)
-    release.set()
-    await asyncio.wait_for(close, TIMEOUT)
-    monkeypatch.undo()
     # The held claim itself took the message (close() waited for it), and put it back.
-    assert [row.channel for row in held_claim_found] == ["test.close-reader"]
+    assert held_claim_found == ["test.close-reader"]
     assert await receive(other, "test.close-reader") == {"type": "kept"}
 
 
 async def test_close_gives_up_putting_messages_back_when_the_table_stays_locked(
-    make_layer: LayerFactory,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    make_layer: LayerFactory, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    closing = make_layer()
+    faults = CancelAfterClaim()
+    closing = make_layer(fault_hooks=faults, close_timeout=0.5)
     await closing.send("test.close-locked", {"type": "held"})
-    await receive_cancelled_after_its_claim(closing, "test.close-locked", monkeypatch)
-    monkeypatch.setattr(backend_module, "CLOSE_GRACE", 0.5)
+    await receive_cancelled_after_its_claim(closing, faults, "test.close-locked")
     locker = await connect(database_url)
     try:
         # What a migration or VACUUM FULL would hold: inserts wait for it.
@@ -210,22 +203,9 @@ async def test_close_leaves_process_local_messages_behind(
 
 
 async def receive_cancelled_after_its_claim(
-    layer: PostgresChannelLayer, channel: str, monkeypatch: pytest.MonkeyPatch
+    layer: PostgresChannelLayer, faults: CancelAfterClaim, channel: str
 ) -> None:
     """A receive on ``channel`` cancelled as its claim returns: the layer keeps the message."""
-    receiving: asyncio.Task[Any] | None = None
-    claim = LoopBackend._claim
-
-    async def claim_then_cancel(self: LoopBackend, *args: Any) -> Any:
-        rows = await claim(self, *args)
-        assert receiving is not None
-        receiving.cancel()  # the rows are claimed; their receiver is gone
-        return rows
-
-    monkeypatch.setattr(LoopBackend, "_claim", claim_then_cancel)
-    try:
-        receiving = asyncio.create_task(layer.receive(channel))
-        await asyncio.gather(receiving, return_exceptions=True)
-    finally:
-        monkeypatch.setattr(LoopBackend, "_claim", claim)
+    receiving = faults.target = asyncio.create_task(layer.receive(channel))
+    await asyncio.wait_for(asyncio.gather(receiving, return_exceptions=True), TIMEOUT)
     assert receiving.cancelled()

@@ -107,6 +107,10 @@ def test_giving_the_database_twice_is_an_error() -> None:
         ("serializer", "pickle", ValueError),
         ("serializer", object(), TypeError),
         ("pool_size", 0, ValueError),
+        ("close_timeout", 0, ValueError),
+        ("close_timeout", "5", TypeError),
+        ("slow_statement_threshold", -1, ValueError),
+        ("fault_hooks", object(), TypeError),
     ],
 )
 def test_bad_option_values_name_the_option(option: str, value: object, error: type[Exception]) -> None:

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy.engine import make_url
 
+from channel_layer_pg.faults import FaultHooks
 from channel_layer_pg.naming import listener_application_name
-from channel_layer_pg.store import claims
 from tests.conftest import runtime_role
 from tests.helpers import TIMEOUT, LayerFactory, Sql, receive
 
@@ -79,14 +79,13 @@ async def test_idle_pooled_connections_are_closed_after_the_idle_timeout(
 
 
 async def test_the_listen_connection_is_closed_once_nothing_was_listened_to_for_the_idle_timeout(
-    make_layer: LayerFactory, sql: Sql, runtime_role_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+    make_layer: LayerFactory, sql: Sql, runtime_role_url: str, prefix: str
 ) -> None:
-    # Readers stop listening after IDLE_LINGER s without a receive; shortened to keep this quick.
-    monkeypatch.setattr(claims, "IDLE_LINGER", 0.1)
     role = make_url(runtime_role_url).username
     assert role is not None
     listener = listener_application_name(prefix)
-    layer = make_layer(url=runtime_role_url, pool_idle_timeout=0.5)
+    # Readers stop listening 30 s after their last receive; shortened to keep this quick.
+    layer = make_layer(url=runtime_role_url, pool_idle_timeout=0.5, fault_hooks=FaultHooks(reader_linger=0.1))
     for text in ("before", "after"):
         receiving = asyncio.create_task(layer.receive("test.listened"))
         await until_sessions(sql, role, listener, 1)

@@ -5,15 +5,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
 
 from channel_layer_pg import LayerClosedError, PostgresChannelLayer
-from channel_layer_pg.store.backend import LoopBackend
-from channel_layer_pg.store.claims import QueueReader
-from tests.helpers import TIMEOUT, LayerFactory, Sql, receive, signal_when_waiting
+from tests.helpers import TIMEOUT, CancelAfterClaim, CancelAtHandOver, LayerFactory, Sql, receive
 
 
 async def test_async_to_sync_group_send_from_threads_reaches_a_receiver(layer: PostgresChannelLayer) -> None:
@@ -53,63 +50,47 @@ def test_sync_code_with_no_running_loop_can_send_and_receive(database_url: str, 
     async_to_sync(layer.close)()
 
 
-async def test_a_receive_cancelled_on_a_worker_loop_keeps_its_message(
-    layer: PostgresChannelLayer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    dispatch = QueueReader._dispatch
-    waiting = signal_when_waiting(monkeypatch)
+async def test_a_receive_cancelled_on_a_worker_loop_keeps_its_message(make_layer: LayerFactory) -> None:
+    # Handed over on the layer's I/O thread; the cancel reaches the worker's loop from there.
+    faults = CancelAtHandOver()
+    layer = make_layer(fault_hooks=faults)
 
     def worker() -> bool:
         async def receive_and_get_cancelled() -> bool:
-            task = asyncio.create_task(layer.receive("test.worker-cancel"))
-            caller_loop = asyncio.get_running_loop()
-
-            def dispatch_then_cancel(self: QueueReader, rows: Any) -> None:
-                dispatch(self, rows)  # runs on the layer's I/O thread
-                caller_loop.call_soon_threadsafe(task.cancel)
-
-            monkeypatch.setattr(QueueReader, "_dispatch", dispatch_then_cancel)
+            task = faults.target = asyncio.create_task(layer.receive("test.worker-cancel"))
             await asyncio.gather(task, return_exceptions=True)
             return task.cancelled()
 
         return asyncio.run(receive_and_get_cancelled())
 
     outcome = asyncio.get_running_loop().run_in_executor(None, worker)
-    assert await asyncio.to_thread(waiting.wait, TIMEOUT)
+    assert await asyncio.to_thread(faults.waiting.wait, TIMEOUT)
     await layer.send("test.worker-cancel", {"type": "first"})
     await layer.send("test.worker-cancel", {"type": "second"})
     was_cancelled = await asyncio.wait_for(outcome, TIMEOUT)
-    monkeypatch.undo()
     assert was_cancelled
     assert await receive(layer, "test.worker-cancel") == {"type": "first"}
     assert await receive(layer, "test.worker-cancel") == {"type": "second"}
 
 
 async def test_a_receive_cancelled_on_a_worker_loop_as_its_own_claim_returns_keeps_the_message(
-    layer: PostgresChannelLayer, monkeypatch: pytest.MonkeyPatch
+    make_layer: LayerFactory,
 ) -> None:
+    # The claim runs on the layer's I/O thread; the cancel reaches the worker's loop from there.
+    faults = CancelAfterClaim()
+    layer = make_layer(fault_hooks=faults)
     await layer.send("test.worker-claim-cancel", {"type": "first"})
     await layer.send("test.worker-claim-cancel", {"type": "second"})
-    claim = LoopBackend._claim
 
     def worker() -> bool:
         async def receive_and_get_cancelled() -> bool:
-            task = asyncio.create_task(layer.receive("test.worker-claim-cancel"))
-            caller_loop = asyncio.get_running_loop()
-
-            async def claim_then_cancel(self: LoopBackend, *args: Any) -> Any:
-                rows = await claim(self, *args)  # on the layer's I/O thread
-                caller_loop.call_soon_threadsafe(task.cancel)
-                return rows
-
-            monkeypatch.setattr(LoopBackend, "_claim", claim_then_cancel)
+            task = faults.target = asyncio.create_task(layer.receive("test.worker-claim-cancel"))
             await asyncio.gather(task, return_exceptions=True)
             return task.cancelled()
 
         return asyncio.run(receive_and_get_cancelled())
 
     was_cancelled = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, worker), TIMEOUT)
-    monkeypatch.undo()
     assert was_cancelled
     assert await receive(layer, "test.worker-claim-cancel") == {"type": "first"}
     assert await receive(layer, "test.worker-claim-cancel") == {"type": "second"}
@@ -150,33 +131,22 @@ async def layer_sessions(sql: Sql) -> int:
     return int(row["n"])
 
 
-async def test_a_receive_cancelled_twice_on_a_worker_loop_keeps_its_message(
-    layer: PostgresChannelLayer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    dispatch = QueueReader._dispatch
-    waiting = signal_when_waiting(monkeypatch)
+async def test_a_receive_cancelled_twice_on_a_worker_loop_keeps_its_message(make_layer: LayerFactory) -> None:
+    faults = CancelAtHandOver(times=2)
+    layer = make_layer(fault_hooks=faults)
 
     def worker() -> bool:
         async def receive_and_get_cancelled_twice() -> bool:
-            task = asyncio.create_task(layer.receive("test.double-cancel"))
-            caller_loop = asyncio.get_running_loop()
-
-            def dispatch_then_cancel_twice(self: QueueReader, rows: Any) -> None:
-                dispatch(self, rows)  # on the layer's I/O thread
-                caller_loop.call_soon_threadsafe(task.cancel)
-                caller_loop.call_soon_threadsafe(task.cancel)
-
-            monkeypatch.setattr(QueueReader, "_dispatch", dispatch_then_cancel_twice)
+            task = faults.target = asyncio.create_task(layer.receive("test.double-cancel"))
             await asyncio.gather(task, return_exceptions=True)
             return task.cancelled()
 
         return asyncio.run(receive_and_get_cancelled_twice())
 
     outcome = asyncio.get_running_loop().run_in_executor(None, worker)
-    assert await asyncio.to_thread(waiting.wait, TIMEOUT)
+    assert await asyncio.to_thread(faults.waiting.wait, TIMEOUT)
     await layer.send("test.double-cancel", {"type": "first"})
     assert await asyncio.wait_for(outcome, TIMEOUT)
-    monkeypatch.undo()
     assert await receive(layer, "test.double-cancel") == {"type": "first"}
 
 

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from channel_layer_pg import PostgresChannelLayer
-from channel_layer_pg.store.backend import LoopBackend
-from channel_layer_pg.store.claims import POLL_INTERVAL
-from tests.helpers import TIMEOUT, LayerFactory, Sql, nothing_arrives, receive, signal_when_waiting
+from channel_layer_pg.faults import FaultHooks
+from tests.helpers import (
+    CLAIMS,
+    TIMEOUT,
+    LayerFactory,
+    SignalWhenWaiting,
+    Sql,
+    nothing_arrives,
+    receive,
+)
 
 
 async def test_group_send_reaches_every_member(layer: PostgresChannelLayer) -> None:
@@ -132,41 +140,39 @@ async def test_the_bare_non_local_part_of_another_process_cannot_be_received(
 
 @pytest.mark.parametrize("local", [True, False], ids=["process-local member", "normal channel member"])
 async def test_a_group_send_wakes_a_waiting_receiver_elsewhere_without_waiting_for_the_poll(
-    make_layer: LayerFactory, monkeypatch: pytest.MonkeyPatch, local: bool
+    make_layer: LayerFactory, local: bool
 ) -> None:
-    receiver, sender = make_layer(), make_layer()
+    # With the readers' poll an hour away, only the NOTIFY (its topic named in SQL) can do it.
+    faults = SignalWhenWaiting(poll_interval=3600.0)
+    receiver, sender = make_layer(fault_hooks=faults), make_layer()
     channel = await receiver.new_channel() if local else "test.group-woken"
     await receiver.group_add("room", channel)
-    waiting = signal_when_waiting(monkeypatch)
     receiving = asyncio.create_task(receiver.receive(channel))
-    assert await asyncio.to_thread(waiting.wait, TIMEOUT)
+    assert await asyncio.to_thread(faults.waiting.wait, TIMEOUT)
     await sender.group_send("room", {"type": "woken"})
-    # Well under the readers' 5 s poll: only the NOTIFY (its topic named in SQL) can do it.
-    assert await asyncio.wait_for(receiving, POLL_INTERVAL / 2) == {"type": "woken"}
+    assert await asyncio.wait_for(receiving, TIMEOUT) == {"type": "woken"}
 
 
-async def test_a_group_send_delivered_in_memory_costs_no_claim(
-    layer: PostgresChannelLayer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_group_send_delivered_in_memory_costs_no_claim(make_layer: LayerFactory) -> None:
     # A member of this layer gets the message in memory; the table is unchanged, so another
     # receive of this process, which the table was found empty for, need not look there again.
-    member, bystander = await layer.new_channel(), await layer.new_channel()
-    await layer.group_add("test.memory", member)
-    claim = LoopBackend._claim
     both_found_empty, claimed_after = asyncio.Event(), asyncio.Event()
     found_empty: set[str] = set()
 
-    async def watched_claim(self: LoopBackend, queue: str, channels: Any, limit: int) -> Any:
-        if both_found_empty.is_set():
-            claimed_after.set()
-        rows = await claim(self, queue, channels, limit)
-        if not rows:
-            found_empty.update(channels)
-            if found_empty >= {member, bystander}:
-                both_found_empty.set()
-        return rows
+    class WatchedClaims(FaultHooks):
+        async def before_statement(self, name: str, parameters: Mapping[str, Any]) -> None:
+            if name in CLAIMS and both_found_empty.is_set():
+                claimed_after.set()
 
-    monkeypatch.setattr(LoopBackend, "_claim", watched_claim)
+        async def after_statement(self, name: str, parameters: Mapping[str, Any], result: Any) -> None:
+            if name in CLAIMS and not result:
+                found_empty.update(parameters["channels"])
+                if found_empty >= {member, bystander}:
+                    both_found_empty.set()
+
+    layer = make_layer(fault_hooks=WatchedClaims())
+    member, bystander = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("test.memory", member)
     receiving = asyncio.create_task(layer.receive(member))
     waiting = asyncio.create_task(layer.receive(bystander))
     try:

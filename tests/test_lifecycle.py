@@ -7,7 +7,6 @@ import asyncio
 import pytest
 
 from channel_layer_pg import LayerClosedError, PostgresChannelLayer
-from channel_layer_pg.store import db as database
 from tests.helpers import TIMEOUT, LayerFactory
 
 
@@ -71,13 +70,10 @@ async def test_group_discard_after_close_is_a_no_op(make_layer: LayerFactory) ->
     await layer.group_discard("room", "test.member")  # a consumer disconnecting after shutdown
 
 
-async def test_close_waits_for_a_failing_connection_attempt_only_until_it_fails(
-    prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_close_waits_for_a_failing_connection_attempt_only_until_it_fails(prefix: str) -> None:
     # A server that accepts connections and never answers: each attempt fails after
-    # connect_timeout. close() waits for connections in use, up to a grace period made
+    # connect_timeout. close() waits for connections in use, up to a close_timeout made
     # longer here than the test's bound: it must stop waiting once the attempt has failed.
-    monkeypatch.setattr(database, "_CLOSE_GRACE", 60.0)
     accepted = asyncio.Event()
     held: list[asyncio.StreamWriter] = []
 
@@ -88,7 +84,7 @@ async def test_close_waits_for_a_failing_connection_attempt_only_until_it_fails(
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     layer = PostgresChannelLayer(
-        url=f"postgresql://postgres@127.0.0.1:{port}/x", prefix=prefix, connect_timeout=1
+        url=f"postgresql://postgres@127.0.0.1:{port}/x", prefix=prefix, connect_timeout=1, close_timeout=60
     )
     sending = asyncio.create_task(layer.send("test.silent", {"type": "x"}))
     try:

@@ -11,12 +11,14 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from channel_layer_pg import ChannelFull, DatabaseUnreachableError, PostgresChannelLayer, droplog
-from channel_layer_pg.store import db as database
+from channel_layer_pg import ChannelFull, DatabaseUnreachableError, PostgresChannelLayer
+from channel_layer_pg.faults import FaultHooks
 from tests.conftest import connect
 from tests.helpers import TIMEOUT, LayerFactory, Sql
 
 SECRET = "payload-secret-4f1e"
+# Capacity drops are counted this long before their summary is logged (10 s in use).
+SUMMARY_INTERVAL = 0.2
 PASSWORD = "password-secret-9c2d"
 
 
@@ -108,13 +110,9 @@ async def test_a_flood_of_skipped_members_logs_one_line_then_a_summary_at_close(
 
 
 async def test_the_drop_summary_is_logged_when_its_interval_ends(
-    make_layer: LayerFactory,
-    logged: Awaited,
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
+    make_layer: LayerFactory, logged: Awaited, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(droplog, "SUMMARY_INTERVAL", 0.2)
-    layer = make_layer(capacity=1)
+    layer = make_layer(capacity=1, fault_hooks=FaultHooks(drop_summary_interval=SUMMARY_INTERVAL))
     await layer.send("test.full", {"type": "fills it"})
     summary = logged.expect("capacity drops")
     for _ in range(3):
@@ -126,20 +124,16 @@ async def test_the_drop_summary_is_logged_when_its_interval_ends(
 
 
 async def test_after_a_quiet_interval_the_next_drop_is_logged_in_full(
-    make_layer: LayerFactory,
-    logged: Awaited,
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
+    make_layer: LayerFactory, logged: Awaited, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(droplog, "SUMMARY_INTERVAL", 0.2)
-    layer = make_layer(capacity=1)
+    layer = make_layer(capacity=1, fault_hooks=FaultHooks(drop_summary_interval=SUMMARY_INTERVAL))
     await layer.send("test.full", {"type": "fills it"})
     with pytest.raises(ChannelFull):
         await layer.send("test.full", {"type": "logged in full"})
     # With nothing to summarise, the interval's end logs nothing: wait on the drop log itself.
     loop = asyncio.get_running_loop()
     ended = loop.create_future()
-    loop.call_later(droplog.SUMMARY_INTERVAL, ended.set_result, None)
+    loop.call_later(SUMMARY_INTERVAL, ended.set_result, None)
     await asyncio.wait_for(ended, TIMEOUT)
     with pytest.raises(ChannelFull):
         await layer.send("test.full", {"type": "logged in full again"})
@@ -188,14 +182,9 @@ async def test_a_cleanup_run_logs_how_many_rows_it_removed(
 
 
 async def test_a_slow_statement_is_logged_by_name(
-    layer: PostgresChannelLayer,
-    database_url: str,
-    sql: Sql,
-    caplog: pytest.LogCaptureFixture,
-    logged: Awaited,
-    monkeypatch: pytest.MonkeyPatch,
+    make_layer: LayerFactory, database_url: str, sql: Sql, caplog: pytest.LogCaptureFixture, logged: Awaited
 ) -> None:
-    monkeypatch.setattr(database, "SLOW_STATEMENT_SECONDS", 0.1)
+    layer = make_layer(slow_statement_threshold=0.1)
     await layer.group_add("room", "test.locked")
     blocker = await connect(database_url)
     try:
@@ -220,12 +209,10 @@ async def test_no_record_holds_a_payload_or_the_password(
     sql: Sql,
     caplog: pytest.LogCaptureFixture,
     logged: Awaited,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The test servers trust local connections, so any password gets in.
     url = make_url(database_url).set(password=PASSWORD).render_as_string(hide_password=False)
-    monkeypatch.setattr(database, "SLOW_STATEMENT_SECONDS", 0.1)
-    layer = make_layer(url=url, capacity=1)
+    layer = make_layer(url=url, capacity=1, slow_statement_threshold=0.1)
     secret = {"type": "chat", "text": SECRET}
     # Capacity drops: a refused send and a skipped member, then their summary at close.
     await layer.send("test.secret", secret)

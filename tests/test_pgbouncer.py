@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from channel_layer_pg import ChannelFull, DatabaseUnreachableError, PostgresChannelLayer
 from channel_layer_pg.config import asyncpg_url
 from channel_layer_pg.naming import topic_for
-from tests.helpers import TIMEOUT, LayerFactory, Sql, nothing_arrives, receive, signal_when_waiting
+from tests.helpers import TIMEOUT, LayerFactory, SignalWhenWaiting, Sql, nothing_arrives, receive
 from tests.pgbouncer import DEFAULT_POOL_SIZE, PgBouncer, find_pgbouncer, running_pgbouncer
 
 REQUIRED = os.environ.get("CHANNEL_LAYER_PG_REQUIRE_PGBOUNCER") == "1"
@@ -206,13 +206,13 @@ async def test_the_layers_statements_go_through_pgbouncer(
 
 
 async def test_the_listen_connection_goes_straight_to_postgresql(
-    bounced: LayerFactory, pgbouncer: PgBouncer, sql: Sql, monkeypatch: pytest.MonkeyPatch
+    bounced: LayerFactory, pgbouncer: PgBouncer, sql: Sql
 ) -> None:
-    layer = bounced()
     # A receive that finds nothing waits, and LISTENs; one that finds its message never needs to.
-    waiting = signal_when_waiting(monkeypatch)
+    faults = SignalWhenWaiting()
+    layer = bounced(fault_hooks=faults)
     receiving = asyncio.create_task(layer.receive("test.listened"))
-    assert await asyncio.to_thread(waiting.wait, TIMEOUT)
+    assert await asyncio.to_thread(faults.waiting.wait, TIMEOUT)
     await layer.send("test.listened", {"type": "x"})
     assert await asyncio.wait_for(receiving, TIMEOUT) == {"type": "x"}
     topic = topic_for(layer.prefix, "test.listened")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from channel_layer_pg import PostgresChannelLayer
-from channel_layer_pg.store import claims as reader_module
-from channel_layer_pg.store.claims import QueueReader
+from channel_layer_pg.faults import FaultHooks
 from tests.conftest import connect
-from tests.helpers import TIMEOUT, LayerFactory, receive
+from tests.helpers import CLAIMS, TIMEOUT, LayerFactory, receive
 
 
 async def test_new_channel_names_hold_prefix_client_and_a_random_part(layer: PostgresChannelLayer) -> None:
@@ -60,24 +60,27 @@ async def test_many_waiting_local_receivers_all_get_their_message(layer: Postgre
 
 
 async def test_the_poll_finds_a_row_skipped_while_locked_despite_traffic_in_memory(
-    make_layer: LayerFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
+    make_layer: LayerFactory, database_url: str
 ) -> None:
     # A claim skips a row another session holds locked; when that lock goes, no NOTIFY says
     # so, and only the poll looks again. Messages this layer delivers in memory to its other
     # local channels keep waking the reader meanwhile: they must not keep putting the poll off.
-    monkeypatch.setattr(reader_module, "POLL_INTERVAL", 0.5)
-    layer, other = make_layer(), make_layer()
+    found_empty = asyncio.Event()
+    looks = 0
+
+    class TwoLooksAtTheLockedRow(FaultHooks):
+        async def after_statement(self, name: str, parameters: Mapping[str, Any], result: Any) -> None:
+            # The receive's own claim, then its reader's, which LISTENs first: from the
+            # second on, the reader counts on a NOTIFY or the poll to look again.
+            nonlocal looks
+            if name in CLAIMS and skipped in parameters["channels"] and not result:
+                looks += 1
+                if looks == 2:
+                    found_empty.set()
+
+    layer, other = make_layer(fault_hooks=TwoLooksAtTheLockedRow(poll_interval=0.5)), make_layer()
     skipped, busy = await layer.new_channel(), await layer.new_channel()
     await other.send(skipped, {"type": "was locked"})
-    found_empty = asyncio.Event()
-    note_empty = QueueReader._note_empty
-
-    def noting_empty(self: QueueReader, channels: Any, wakes: int, listening: bool) -> None:
-        note_empty(self, channels, wakes, listening)
-        if skipped in self._known_empty:
-            found_empty.set()
-
-    monkeypatch.setattr(QueueReader, "_note_empty", noting_empty)
     locker = await connect(database_url)
     try:
         await locker.execute("BEGIN")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import channel_layer_pg
 from channel_layer_pg import PostgresChannelLayer
 
@@ -22,3 +25,72 @@ def test_public_names_are_pinned() -> None:
 
 def test_the_layer_declares_the_spec_extensions() -> None:
     assert PostgresChannelLayer.extensions == ["groups", "flush"]
+
+
+def test_no_test_patches_the_library_s_insides() -> None:
+    # A test that patches a private name, or any name of the package, pins how the code is
+    # written rather than what it does, and breaks with the next refactor. Failures and races
+    # are forced through channel_layer_pg.faults; timings through options or the fault hooks.
+    offences = [
+        f"{path.name}:{line}: {source}"
+        for path in sorted(Path(__file__).parent.glob("*.py"))
+        for line, source in _patches_of_the_library(path.read_text())
+    ]
+    assert offences == []
+
+
+def test_the_patch_check_sees_each_form_of_patching() -> None:
+    source = """
+from channel_layer_pg.store import claims
+from channel_layer_pg.store.claims import QueueReader
+monkeypatch.setattr(QueueReader, "_dispatch", f)
+monkeypatch.setattr(claims, "POLL_INTERVAL", 0.5)
+monkeypatch.setattr("channel_layer_pg.store.claims.POLL_INTERVAL", 0.5)
+setattr(thing, "_private", 1)
+patch.object(Anything, "_claim")
+mock.patch("somewhere._hidden")
+monkeypatch.setattr(socket, "getaddrinfo", f)
+monkeypatch.setenv("X", "1")
+"""
+    assert [line for line, _ in _patches_of_the_library(source)] == [4, 5, 6, 7, 8, 9]
+
+
+def _patches_of_the_library(source: str) -> list[tuple[int, str]]:
+    """Calls in ``source`` that patch a private name or a name of channel_layer_pg."""
+    tree = ast.parse(source)
+    ours: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("channel_layer_pg"):
+            ours.update(alias.asname or alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            ours.update(
+                alias.asname or alias.name.split(".")[0]
+                for alias in node.names
+                if alias.name.startswith("channel_layer_pg")
+            )
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and node.args and _is_patch(node.func)):
+            continue
+        target = node.args[0]
+        names = [
+            arg.value for arg in node.args[:2] if isinstance(arg, ast.Constant) and isinstance(arg.value, str)
+        ]
+        if (
+            any(part.startswith("_") for name in names for part in name.split("."))
+            or any(name.startswith("channel_layer_pg") for name in names)
+            or (isinstance(target, ast.Name) and target.id in ours)
+        ):
+            found.append((node.lineno, ast.unparse(node)))
+    return found
+
+
+def _is_patch(func: ast.expr) -> bool:
+    """setattr(), monkeypatch.setattr(), patch(), mock.patch(), patch.object() and the like."""
+    if isinstance(func, ast.Name):
+        return func.id in ("setattr", "patch")
+    if isinstance(func, ast.Attribute):
+        if func.attr == "object":
+            return _is_patch(func.value)
+        return func.attr in ("setattr", "patch")
+    return False

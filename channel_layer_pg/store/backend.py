@@ -28,8 +28,6 @@ from .sendbatch import PendingSend, SendBatcher
 logger = logging.getLogger("channel_layer_pg")
 
 CLEANUP_INTERVAL = 30.0
-# How long close() waits for claims still running to end, so it can put back what they claim.
-CLOSE_GRACE = 5.0
 
 
 class LoopBackend:
@@ -120,6 +118,7 @@ class LoopBackend:
                 # Receives claim in their own task before any reader LISTENs, so a layer that
                 # has run a statement has reached its database as much as one that listened.
                 lambda: self._statements.has_connected or self._listener.has_connected,
+                self._config.fault_hooks,
             )
             self._readers[queue] = reader
         return reader
@@ -137,13 +136,15 @@ class LoopBackend:
         readers, self._readers = list(self._readers.values()), {}
         in_flight = await asyncio.gather(*(reader.close(exc) for reader in readers))
         claims = [claim for claims in in_flight for claim in claims]
+        if self._config.fault_hooks is not None:
+            await self._config.fault_hooks.receives_closed(len(claims))
         if claims:
-            _, unfinished = await asyncio.wait(claims, timeout=CLOSE_GRACE)
+            _, unfinished = await asyncio.wait(claims, timeout=self._config.close_timeout)
             if unfinished:
                 logger.warning(
-                    "%d claims were still running %.0f s into close(); whatever they claim is lost",
+                    "%d claims were still running %g s into close(); whatever they claim is lost",
                     len(unfinished),
-                    CLOSE_GRACE,
+                    self._config.close_timeout,
                 )
 
     async def release(self) -> None:
@@ -158,12 +159,12 @@ class LoopBackend:
     async def put_back(self, rows: Sequence[Claimed]) -> None:
         """Return claimed messages of normal channels that no receive took to the table.
 
-        Receivers in other processes may still want them. Bounded by CLOSE_GRACE: a lock held
+        Receivers in other processes may still want them. Bounded by close_timeout: a lock held
         on the table (a migration, VACUUM FULL) must not hold up close() for its duration.
         """
         channels = [row.channel for row in rows]  # a normal channel is a queue of its own
         queues = sorted(set(channels))
-        prefix = self._config.prefix
+        prefix, grace = self._config.prefix, self._config.close_timeout
         parameters = {
             "prefix": prefix,
             "ids": [row.id for row in rows],
@@ -177,10 +178,10 @@ class LoopBackend:
             # Unshielded, so the timeout cancels the statement itself: asyncpg asks the server
             # to cancel it, and it inserts nothing (or, finishing first, all of it). Never twice.
             await asyncio.wait_for(
-                self._statements.fetch(statements.RESTORE, parameters, in_own_task=True), CLOSE_GRACE
+                self._statements.fetch(statements.RESTORE, parameters, in_own_task=True), grace
             )
         except asyncio.TimeoutError:
-            reason = f"it took over {CLOSE_GRACE:g} s (a lock held on channel_layer_pg_message?)"
+            reason = f"it took over {grace:g} s (a lock held on channel_layer_pg_message?)"
         except Exception as exc:
             reason = str(exc)
         else:

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from ..errors import DatabaseUnreachableError
+from ..faults import FaultHooks
 from ..local import Claimed, ClaimedBuffer
 from .backoff import Backoff
 from .listener import Listener, NotificationsNotDelivered
@@ -46,8 +47,12 @@ class QueueReader:
         on_buffered: Callable[[str], None],
         on_idle: Callable[[QueueReader], None],
         database_reached: Callable[[], bool],
+        faults: FaultHooks | None = None,
     ) -> None:
         self.queue = queue
+        self._faults = faults
+        self._poll_interval = POLL_INTERVAL if faults is None else faults.poll_interval or POLL_INTERVAL
+        self._linger = IDLE_LINGER if faults is None else faults.reader_linger or IDLE_LINGER
         self._database_reached = database_reached
         self._topic = topic
         self._listener = listener
@@ -192,7 +197,7 @@ class QueueReader:
                 # Those found empty before are due for the poll's look anyway.
                 self._known_empty.clear()
             if not self._known_empty:
-                self._known_empty_until = now + POLL_INTERVAL
+                self._known_empty_until = now + self._poll_interval
             self._known_empty.update(channels)
 
     def fail_waiters(self, exc: BaseException) -> None:
@@ -245,7 +250,7 @@ class QueueReader:
         self._on_idle(self)
 
     async def _serve(self) -> None:
-        """Claim for waiters until none has come for IDLE_LINGER seconds."""
+        """Claim for waiters until none has come for IDLE_LINGER seconds (or the fault hooks')."""
         while True:
             self._wakeup.clear()
             self._serve_from_buffer()
@@ -253,14 +258,14 @@ class QueueReader:
                 # Stay subscribed a while: a consumer calls receive again right after each
                 # message, and LISTEN/UNLISTEN per message would cost a round trip each.
                 if (
-                    not await self._wakeup.wait(IDLE_LINGER)
+                    not await self._wakeup.wait(self._linger)
                     and not self._waiters
                     and self._inline_claim is None
                 ):
                     return
                 continue
             if self._inline_claim is not None:
-                await self._wakeup.wait(POLL_INTERVAL)
+                await self._wakeup.wait(self._poll_interval)
                 continue
             wanted = {
                 channel: len(waiters)
@@ -345,6 +350,8 @@ class QueueReader:
             if not waiter.done():
                 waiter.set_result(row)
                 delivered = True
+                if self._faults is not None:
+                    self._faults.handed_over(row.channel)
         if waiters is not None and not waiters:
             del self._waiters[row.channel]
         return delivered

@@ -33,13 +33,6 @@ logger = logging.getLogger("channel_layer_pg")
 # promptly.
 _RECONNECT_FIRST, _RECONNECT_MOST, _RECONNECT_FOR = 0.05, 1.0, 1.75
 
-# How long close() lets statements already running finish before the engine goes.
-_CLOSE_GRACE = 5.0
-
-# A statement slower than this is logged (by name: its parameters hold message payloads).
-# The layer's statements take about a millisecond; a second means locks, I/O or a backlog.
-SLOW_STATEMENT_SECONDS = 1.0
-
 
 # asyncpg keeps every statement prepared for the life of the connection, and PostgreSQL may keep
 # one plan with it. A plan made while the message table held a page of rows (after a VACUUM of
@@ -132,6 +125,7 @@ class StatementRunner:
     def __init__(self, engine: AsyncEngine, config: LayerConfig, *, owns_engine: bool) -> None:
         self._engine = engine
         self._config = config
+        self._faults = config.fault_hooks
         self._compiled: dict[Executable, _Compiled] = {}
         self._running: set[asyncio.Task[None]] = set()
         given_pool_size = getattr(engine.pool, "size", lambda: 0)()
@@ -160,14 +154,25 @@ class StatementRunner:
         is a fair part of a claim's cost.
         """
         compiled, arguments = self._bind(statement, parameters)
+        if self._faults is not None:
+            await self._faults.before_statement(compiled.name, parameters)
+        rows: list[Any]
         if in_own_task:
-            return await self._run(compiled, lambda driver: driver.fetch(compiled.sql, *arguments))
-        return await self._shielded(compiled, lambda driver: driver.fetch(compiled.sql, *arguments))
+            rows = await self._run(compiled, lambda driver: driver.fetch(compiled.sql, *arguments))
+        else:
+            rows = await self._shielded(compiled, lambda driver: driver.fetch(compiled.sql, *arguments))
+        if self._faults is not None:
+            await self._faults.after_statement(compiled.name, parameters, rows)
+        return rows
 
     async def execute(self, statement: Executable, parameters: Mapping[str, Any]) -> int:
         """How many rows ``statement`` changed."""
         compiled, arguments = self._bind(statement, parameters)
+        if self._faults is not None:
+            await self._faults.before_statement(compiled.name, parameters)
         status = await self._shielded(compiled, lambda driver: driver.execute(compiled.sql, *arguments))
+        if self._faults is not None:
+            await self._faults.after_statement(compiled.name, parameters, status)
         count = status.rsplit(" ", 1)[-1]
         return int(count) if count.isdigit() else 0
 
@@ -268,7 +273,7 @@ class StatementRunner:
                 await self._release_or_discard(held)
                 raise
             await self._connections.release(held)
-            _warn_if_slow(compiled.name, took)
+            _warn_if_slow(compiled.name, took, self._config.slow_statement_threshold)
             return result
 
     async def _release_or_discard(self, held: Held) -> None:
@@ -279,11 +284,11 @@ class StatementRunner:
 
     async def close(self) -> None:
         """Return the connections held between statements, before the engine is disposed."""
-        await self._connections.close(timeout=_CLOSE_GRACE)
+        await self._connections.close(timeout=self._config.close_timeout)
 
 
-def _warn_if_slow(name: str, seconds: float) -> None:
-    if seconds >= SLOW_STATEMENT_SECONDS:
+def _warn_if_slow(name: str, seconds: float, threshold: float) -> None:
+    if seconds >= threshold:
         logger.warning("slow statement: %s took %.2f s", name, seconds)
 
 
