@@ -1,4 +1,8 @@
-"""This process's lines of messages, one per channel, that no receiver has taken yet.
+"""This process's channels: a line of messages per channel, and the receives waiting on them.
+
+ClaimedBuffer holds the lines, shared by every event loop of the layer; Waiters holds the
+receives waiting on one loop, and Wakeup is the flag a loop's reader sleeps on.
+
 
 A message lands here when its receiver was cancelled after the claim, when a batch claimed
 more for a channel than it had waiters (claims ask for at most one row per waiter, so that
@@ -10,8 +14,10 @@ receive runs.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -118,3 +124,105 @@ class ClaimedBuffer:
         else:
             del self._rows[channel]
         return len(rows) - len(kept)
+
+
+class Waiters:
+    """The receives waiting on one event loop, per channel, longest-waiting first."""
+
+    __slots__ = ("_by_channel", "_on_handed_over")
+
+    def __init__(self, on_handed_over: Callable[[str], None] | None = None) -> None:
+        self._by_channel: dict[str, deque[asyncio.Future[Claimed]]] = {}
+        self._on_handed_over = on_handed_over  # the fault hooks' handed_over, in tests
+
+    def __bool__(self) -> bool:
+        return bool(self._by_channel)
+
+    def add(self, channel: str, waiter: asyncio.Future[Claimed]) -> None:
+        self._by_channel.setdefault(channel, deque()).append(waiter)
+
+    def remove(self, channel: str, waiter: asyncio.Future[Claimed]) -> None:
+        waiters = self._by_channel.get(channel)
+        if waiters is None:
+            return
+        try:
+            waiters.remove(waiter)
+        except ValueError:
+            pass
+        if not waiters:
+            del self._by_channel[channel]
+
+    def waiting(self, channel: str) -> bool:
+        return bool(self._by_channel.get(channel))
+
+    def channels(self) -> list[str]:
+        return list(self._by_channel)
+
+    def wanted(self, *, skipping: Collection[str]) -> dict[str, int]:
+        """How many receives wait per channel, leaving out the channels in ``skipping``."""
+        return {
+            channel: len(waiters) for channel, waiters in self._by_channel.items() if channel not in skipping
+        }
+
+    def give(self, row: Claimed) -> bool:
+        """Hand ``row`` to the longest-waiting live receive of its channel, if there is one."""
+        waiters = self._by_channel.get(row.channel)
+        delivered = False
+        while waiters and not delivered:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(row)
+                delivered = True
+                if self._on_handed_over is not None:
+                    self._on_handed_over(row.channel)
+        if waiters is not None and not waiters:
+            del self._by_channel[row.channel]
+        return delivered
+
+    def fail(self, exc: BaseException) -> None:
+        for waiters in self._by_channel.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+        self._by_channel.clear()
+
+
+class Wakeup:
+    """A flag the reader task sleeps on, with a timeout.
+
+    Not asyncio.Event with asyncio.wait_for: before Python 3.12 wait_for drops a cancellation
+    that lands as the event is set, and a reader that missed close()'s cancel stayed
+    subscribed for its whole linger. Waiting on a bare future also spares a task per wait.
+    """
+
+    __slots__ = ("_flag", "_future")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._future: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._flag = True
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until set, at most ``timeout`` seconds; whether it was set."""
+        if not self._flag:
+            loop = asyncio.get_running_loop()
+            self._future = future = loop.create_future()
+            timer = loop.call_later(timeout, _resolve, future)
+            try:
+                await future
+            finally:
+                timer.cancel()
+                self._future = None
+        return self._flag
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

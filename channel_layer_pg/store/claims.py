@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from ..errors import DatabaseUnreachableError
 from ..faults import FaultHooks
-from ..local import Claimed, ClaimedBuffer
+from ..local import Claimed, ClaimedBuffer, Waiters, Wakeup
 from .backoff import Backoff
 from .listener import Listener, NotificationsNotDelivered
 
@@ -60,8 +59,8 @@ class QueueReader:
         self._buffer = buffer
         self._on_buffered = on_buffered
         self._on_idle = on_idle
-        self._waiters: dict[str, deque[asyncio.Future[Claimed]]] = {}
-        self._wakeup = _Wakeup()
+        self._waiters = Waiters(None if faults is None else faults.handed_over)
+        self._wakeup = Wakeup()
         self._task: asyncio.Task[None] | None = None
         self._backoff = Backoff(_BACKOFF_START, _BACKOFF_MAX)
         # At most one claim per queue is in flight, the reader's or a receive's own, so rows
@@ -100,14 +99,14 @@ class QueueReader:
                 # close() came while this receive was claiming, too late to fail its waiter.
                 raise self._closed_by
         waiter: asyncio.Future[Claimed] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(channel, deque()).append(waiter)
+        self._waiters.add(channel, waiter)
         self._ensure_running()
         # A new waiter may want a channel the last claim did not ask for: look again.
         self._wakeup.set()
         try:
             return await waiter
         except asyncio.CancelledError:
-            self._remove_waiter(channel, waiter)
+            self._waiters.remove(channel, waiter)
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 # Delivered to us just as we were cancelled: it goes, first in line, to the
                 # next receive on this channel.
@@ -165,7 +164,7 @@ class QueueReader:
 
     def hand_back(self, row: Claimed) -> None:
         """Return a message whose receiver was cancelled to the front of its channel's line."""
-        if not self._give(row):
+        if not self._waiters.give(row):
             self._buffer.put_front(row)
             self._on_buffered(self.queue)
 
@@ -201,11 +200,7 @@ class QueueReader:
             self._known_empty.update(channels)
 
     def fail_waiters(self, exc: BaseException) -> None:
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(exc)
-        self._waiters.clear()
+        self._waiters.fail(exc)
 
     async def close(self, exc: BaseException) -> list[asyncio.Future[Sequence[Claimed]]]:
         """Fail the waiters and stop the task; the claims still in flight.
@@ -267,11 +262,7 @@ class QueueReader:
             if self._inline_claim is not None:
                 await self._wakeup.wait(self._poll_interval)
                 continue
-            wanted = {
-                channel: len(waiters)
-                for channel, waiters in self._waiters.items()
-                if channel not in self._known_empty
-            }
+            wanted = self._waiters.wanted(skipping=self._known_empty)
             if not wanted:
                 # Nothing to claim until a wake says otherwise; the poll is the net under a
                 # wake-up lost with a dropped connection, or a row skipped while another claim
@@ -324,10 +315,10 @@ class QueueReader:
 
     def _serve_from_buffer(self) -> None:
         # A receiver on another loop may have left rows behind for channels waited on here.
-        for channel in list(self._waiters):
-            while self._waiters.get(channel) and self._buffer.holds(channel):
+        for channel in self._waiters.channels():
+            while self._waiters.waiting(channel) and self._buffer.holds(channel):
                 row = self._buffer.take(channel)
-                if row is None or not self._give(row):
+                if row is None or not self._waiters.give(row):
                     if row is not None:
                         self._buffer.put_front(row)
                     break
@@ -335,75 +326,8 @@ class QueueReader:
     def _dispatch(self, rows: Sequence[Claimed]) -> None:
         extra = False
         for row in sorted(rows, key=lambda r: r.id):
-            if not self._give(row):
+            if not self._waiters.give(row):
                 self._buffer.put_back(row)
                 extra = True
         if extra:
             self._on_buffered(self.queue)
-
-    def _give(self, row: Claimed) -> bool:
-        """Hand ``row`` to the longest-waiting live receiver of its channel, if there is one."""
-        waiters = self._waiters.get(row.channel)
-        delivered = False
-        while waiters and not delivered:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(row)
-                delivered = True
-                if self._faults is not None:
-                    self._faults.handed_over(row.channel)
-        if waiters is not None and not waiters:
-            del self._waiters[row.channel]
-        return delivered
-
-    def _remove_waiter(self, channel: str, waiter: asyncio.Future[Claimed]) -> None:
-        waiters = self._waiters.get(channel)
-        if waiters is None:
-            return
-        try:
-            waiters.remove(waiter)
-        except ValueError:
-            pass
-        if not waiters:
-            del self._waiters[channel]
-
-
-class _Wakeup:
-    """A flag the reader task sleeps on, with a timeout.
-
-    Not asyncio.Event with asyncio.wait_for: before Python 3.12 wait_for drops a cancellation
-    that lands as the event is set, and a reader that missed close()'s cancel lingered on for
-    IDLE_LINGER seconds. Waiting on a bare future also spares a task per wait.
-    """
-
-    __slots__ = ("_flag", "_future")
-
-    def __init__(self) -> None:
-        self._flag = False
-        self._future: asyncio.Future[None] | None = None
-
-    def set(self) -> None:
-        self._flag = True
-        if self._future is not None and not self._future.done():
-            self._future.set_result(None)
-
-    def clear(self) -> None:
-        self._flag = False
-
-    async def wait(self, timeout: float) -> bool:
-        """Wait until set, at most ``timeout`` seconds; whether it was set."""
-        if not self._flag:
-            loop = asyncio.get_running_loop()
-            self._future = future = loop.create_future()
-            timer = loop.call_later(timeout, _resolve, future)
-            try:
-                await future
-            finally:
-                timer.cancel()
-                self._future = None
-        return self._flag
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
