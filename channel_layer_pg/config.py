@@ -9,38 +9,15 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL
 
 from .capacity import ChannelCapacity, parse_channel_capacity
+from .database_url import DJANGO_IGNORED_KEYS, DJANGO_KEYS, asyncpg_url, url_from_django
 from .faults import FaultHooks
 from .naming import validate_group_name
 from .serialization import Codec, Encryptor, resolve_serializer
 
 URL_ENV_VAR = "CHANNEL_LAYER_PG_URL"
-
-# The database keys channels_postgres users write (Django's DATABASES style), so that moving to
-# this layer means changing BACKEND only.
-DJANGO_KEYS = ("ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT", "OPTIONS")
-# Keys of a Django DATABASES entry that mean nothing to a channel layer; accepted so that
-# CONFIG={**DATABASES["default"], ...} works, and ignored.
-DJANGO_IGNORED_KEYS = (
-    "ATOMIC_REQUESTS",
-    "AUTOCOMMIT",
-    "CONN_MAX_AGE",
-    "CONN_HEALTH_CHECKS",
-    "DISABLE_SERVER_SIDE_CURSORS",
-    "TIME_ZONE",
-    "TEST",
-    "PSYCOPG_OPTIONS",  # channels_postgres' psycopg pool settings; use pool_size instead
-)
-_POSTGRES_ENGINES = (
-    "django.db.backends.postgresql",
-    "django.db.backends.postgresql_psycopg2",
-    "django.contrib.gis.db.backends.postgis",
-)
-# Django OPTIONS for PostgreSQL that only make sense to Django's own connections.
-_IGNORED_DJANGO_OPTIONS = ("pool", "server_side_binding", "isolation_level", "assume_role")
 
 OPTION_NAMES = (
     "url",
@@ -161,7 +138,7 @@ def build_config(options: Mapping[str, Any]) -> LayerConfig:
         _check_engine(engine)
         database_url = None
     elif django:
-        database_url, connect_args = _url_from_django(django)
+        database_url, connect_args = url_from_django(django)
     else:
         if url is None:
             url = os.environ.get(URL_ENV_VAR)
@@ -242,71 +219,6 @@ def _check_engine(engine: object) -> None:
         raise ValueError(
             f"engine must use the asyncpg driver (postgresql+asyncpg://...), not {engine.dialect.driver!r}"
         )
-
-
-def asyncpg_url(url: object, *, option: str = "url") -> tuple[URL, dict[str, Any]]:
-    """``url`` for SQLAlchemy's asyncpg driver, and the connect args its query asked for.
-
-    ``option`` is the name errors give the value: the option it came from.
-    """
-    if not isinstance(url, (str, URL)):
-        raise TypeError(f"{option} must be a str or sqlalchemy URL, not {type(url).__name__}")
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise ValueError(
-            f"{option} is not a database URL; expected postgresql://user:password@host:port/db"
-        ) from None
-    backend = parsed.get_backend_name()
-    if backend not in ("postgresql", "postgres"):
-        raise ValueError(
-            f"{option} must point at PostgreSQL (postgresql://...), not {backend!r}: "
-            f"{parsed.render_as_string(hide_password=True)}"
-        )
-    connect_args: dict[str, Any] = {}
-    query = dict(parsed.query)
-    # libpq spells it sslmode; asyncpg calls the same setting ssl.
-    if "sslmode" in query:
-        connect_args["ssl"] = query.pop("sslmode")
-    return parsed.set(drivername="postgresql+asyncpg", query=query), connect_args
-
-
-def _url_from_django(django: Mapping[str, Any]) -> tuple[URL, dict[str, Any]]:
-    engine = django.get("ENGINE")
-    if engine is not None and engine not in _POSTGRES_ENGINES:
-        raise ValueError(f"ENGINE {engine!r} is not PostgreSQL; use one of {', '.join(_POSTGRES_ENGINES)}")
-    port = django.get("PORT") or None
-    try:
-        port_number = int(port) if port is not None else None
-    except ValueError:
-        raise ValueError(f"PORT must be a number, not {port!r}") from None
-    url = URL.create(
-        "postgresql+asyncpg",
-        username=django.get("USER") or None,
-        password=django.get("PASSWORD") or None,
-        host=django.get("HOST") or None,
-        port=port_number,
-        database=django.get("NAME") or None,
-    )
-    connect_args: dict[str, Any] = {}
-    server_settings: dict[str, str] = {}
-    for key, value in (django.get("OPTIONS") or {}).items():
-        if key == "sslmode":
-            connect_args["ssl"] = value
-        elif key == "connect_timeout":
-            connect_args["timeout"] = float(value)
-        elif key == "application_name":
-            server_settings["application_name"] = str(value)
-        elif key in _IGNORED_DJANGO_OPTIONS:
-            continue
-        else:
-            raise ValueError(
-                f"OPTIONS key {key!r} is not supported; supported: sslmode, connect_timeout, "
-                "application_name (or pass url= with asyncpg's own parameters)"
-            )
-    if server_settings:
-        connect_args["server_settings"] = server_settings
-    return url, connect_args
 
 
 def _prefix(value: object) -> str:

@@ -16,7 +16,8 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from channel_layer_pg.config import URL_ENV_VAR, asyncpg_url
+from channel_layer_pg.config import URL_ENV_VAR
+from channel_layer_pg.database_url import asyncpg_url
 from channel_layer_pg.store.schema import VERSION_TABLE, metadata
 
 config = context.config

@@ -131,7 +131,7 @@ def test_a_custom_serializer_object_is_used() -> None:
 
 
 async def test_an_application_engine_is_used_and_not_disposed(database_url: str, prefix: str) -> None:
-    from channel_layer_pg.config import asyncpg_url
+    from channel_layer_pg.database_url import asyncpg_url
 
     engine = create_async_engine(asyncpg_url(database_url)[0])
     try:

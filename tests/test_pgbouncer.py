@@ -19,7 +19,7 @@ from asgiref.sync import async_to_sync
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from channel_layer_pg import ChannelFull, DatabaseUnreachableError, PostgresChannelLayer
-from channel_layer_pg.config import asyncpg_url
+from channel_layer_pg.database_url import asyncpg_url
 from channel_layer_pg.naming import topic_for
 from tests.helpers import TIMEOUT, LayerFactory, SignalWhenWaiting, Sql, nothing_arrives, receive
 from tests.pgbouncer import DEFAULT_POOL_SIZE, PgBouncer, find_pgbouncer, running_pgbouncer

@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from channel_layer_pg import ChannelFull, LayerClosedError, PostgresChannelLayer, SchemaMissingError
-from channel_layer_pg.config import asyncpg_url
+from channel_layer_pg.database_url import asyncpg_url
 from tests.helpers import TIMEOUT, LayerFactory, Sql, nothing_arrives, receive
 from tests.test_processes import ROOT
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
-from ..config import URL_ENV_VAR, asyncpg_url
+from ..config import URL_ENV_VAR
+from ..database_url import asyncpg_url
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 
