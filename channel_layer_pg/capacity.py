@@ -3,15 +3,18 @@
 A send matches its channel in Python (``LayerConfig.capacity_for``). A group_send learns
 its members only inside the statement that stores the message, so PostgreSQL matches them
 there, with each pattern translated to a PostgreSQL regular expression that matches the same
-names. Globs translate exactly. A compiled regex is used as written, anchored at the start
-as ``re.match`` anchors it; the few constructs whose meaning differs between the two
-engines are refused here, with the option named, rather than matched differently later.
+names. Globs translate exactly (tests/test_statements.py compares the two engines on random
+globs and names); a glob with a reversed range (``[z-a]``, which fnmatch drops) is refused.
+A compiled regex is used as written, anchored at the start as ``re.match`` anchors it; the
+constructs whose meaning differs between the two engines are refused here, with the option
+named, rather than matched differently later.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -23,8 +26,12 @@ class ChannelCapacity(NamedTuple):
 
 
 # Python-only syntax, or syntax PostgreSQL reads differently: named groups, \b and \B (a
-# backspace and an error there), inline flags other than at the start.
-_NOT_PORTABLE = re.compile(r"\(\?P|\\[bB]|(?<!^)\(\?[aiLmsux-]+[:)]")
+# backspace and an error there), scoped flags and flags past the start, atomic groups,
+# possessive quantifiers, "{,n}" (a literal in PostgreSQL), POSIX classes and collating
+# elements inside a set ("[[:alpha:]]" is a set of characters to Python).
+_NOT_PORTABLE = re.compile(
+    r"\(\?P|\\[bB]|\(\?[aiLmsux-]+:|(?<!^)\(\?[aiLmsux-]+\)|\(\?>|[*+?}]\+|\{,|\[[:.=]"
+)
 _LEADING_FLAGS = re.compile(r"^\(\?[aiLmsux]+\)")
 # Flags PostgreSQL can apply as embedded options at the start of the expression.
 _EMBEDDED_OPTIONS = ((re.IGNORECASE, "i"), (re.VERBOSE, "x"))
@@ -42,7 +49,12 @@ def parse_channel_capacity(
     rules = []
     for pattern, capacity in value.items():
         if isinstance(pattern, str):
-            compiled, sql_pattern = re.compile(fnmatch.translate(pattern)), _glob_to_sql(pattern)
+            with warnings.catch_warnings():
+                # "Possible nested set": fnmatch leaves a "[" inside a set as it is, and the
+                # re module warns that a later Python may read "[[" differently.
+                warnings.simplefilter("ignore", FutureWarning)
+                compiled = re.compile(fnmatch.translate(pattern))
+            sql_pattern = _glob_to_sql(pattern)
         elif isinstance(pattern, re.Pattern):
             compiled, sql_pattern = pattern, _regex_to_sql(pattern)
         else:
@@ -89,10 +101,20 @@ def _glob_to_sql(glob: str) -> str:
                 continue
             body, i = glob[i:end], end + 1
             negate = body.startswith("!")
-            body = (body[1:] if negate else body).replace("\\", "\\\\")
-            if not negate and body.startswith("^"):
-                body = "\\" + body
-            parts.append("[" + ("^" if negate else "") + body + "]")
+            parts.append("[" + ("^" if negate else "") + _set_body(glob, body[1:] if negate else body) + "]")
         else:
             parts.append(re.escape(char))
     return "".join(parts) + "$"
+
+
+def _set_body(glob: str, body: str) -> str:
+    """A glob set's members, escaped for a PostgreSQL bracket expression."""
+    for low, high in re.findall(r"(.)-(.)", body):
+        if low > high:
+            raise ValueError(
+                f"channel_capacity glob {glob!r} has a reversed range {low}-{high}, which matches nothing"
+            )
+    # A backslash escapes in a PostgreSQL bracket expression; "[" may open "[:", "[." or "[="
+    # there; "^" first negates. In a glob each is the character itself.
+    escaped = "".join("\\" + char if char in "\\[" else char for char in body)
+    return "\\" + escaped if escaped.startswith("^") else escaped

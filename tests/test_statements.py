@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from typing import Any
 
@@ -69,7 +70,37 @@ async def test_sql_gives_every_channel_the_capacity_python_gives_it(
         assert capacity == config.capacity_for(name), name
 
 
-@pytest.mark.parametrize("pattern", [r"(?P<room>chat)\.x", r"chat\b", r"a(?i:b)"])
+async def test_globs_match_the_same_names_in_postgresql_as_in_python(sql: Sql) -> None:
+    pieces = [*"ab.-_!1*?[]^\\", "[!", "[^", "[a-b]", "[a-]", "[!]", "[-a]", "[!-]", "[[", "[:", "[=", "[."]
+    chosen = random.Random(7)
+    names = [
+        "".join(chosen.choice("ab.-_!1[]:=^\\") for _ in range(chosen.randint(0, 6))) for _ in range(200)
+    ]
+    mismatches = []
+    for _ in range(400):
+        glob = "".join(chosen.choice(pieces) for _ in range(chosen.randint(1, 6)))
+        try:
+            (rule,) = build_config(
+                {"url": "postgresql://localhost/x", "channel_capacity": {glob: 1}}
+            ).channel_capacity
+        except ValueError:
+            continue  # a reversed range: refused, with the glob named
+        rows = await sql("SELECT n, n ~ $1 AS matched FROM unnest($2::text[]) AS n", rule.sql_pattern, names)
+        mismatches += [
+            (glob, row["n"]) for row in rows if row["matched"] != bool(rule.pattern.match(row["n"]))
+        ]
+    assert not mismatches
+
+
+def test_a_glob_with_a_reversed_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="reversed range"):
+        build_config({"url": "postgresql://localhost/x", "channel_capacity": {"[z-a]*": 1}})
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"(?P<room>chat)\.x", r"chat\b", r"a(?i:b)", r"(?>a)b", r"a*+", r"a{,3}", r"[[:alpha:]]+"],
+)
 def test_a_capacity_regex_postgresql_would_read_differently_is_refused(pattern: str) -> None:
     with pytest.raises(ValueError, match="channel_capacity pattern"):
         build_config({"url": "postgresql://localhost/x", "channel_capacity": {re.compile(pattern): 1}})

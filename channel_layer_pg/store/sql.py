@@ -13,6 +13,8 @@ from sqlalchemy import (
     BigInteger,
     Interval,
     Text,
+    and_,
+    any_,
     bindparam,
     case,
     func,
@@ -64,32 +66,26 @@ def topic_of(queue: Any) -> Any:
     return literal(TOPIC_PREFIX) + func.left(digest, TOPIC_DIGEST_LENGTH)
 
 
-def _for_channel(channel: Any) -> Any:
+def for_channel(channel: Any) -> Any:
     """Rows of a channel's queue that are for that channel: its own, and group rows naming it.
 
     A normal channel is a queue of its own whose rows are all for it; a process-local channel
     shares its queue with the process's other local channels, and each counts only its own.
     """
-    return or_(message.c.channel == channel, channel == func.any(message.c.recipients))
+    return or_(message.c.channel == channel, channel == any_(message.c.recipients))
 
 
-def live_count(queue: Any, channel: Any, capacity: Any, *, correlate: Any = None) -> Any:
-    """How many unexpired rows for ``channel`` its ``queue`` holds, counting no further than ``capacity``.
+def live_count(queue: Any, capacity: Any, *, channel: Any = None, correlate: Any = None) -> Any:
+    """How many unexpired rows ``queue`` holds, for ``channel`` only if given, up to ``capacity``.
 
-    The LIMIT keeps a capacity check bounded however long a backlog is, but below that it
-    visits every row of the queue: with a capacity of thousands, a send to a long queue cost a
-    millisecond. id_span() settles most checks before this runs.
+    The LIMIT keeps the count bounded however long a backlog is, but below that it visits
+    every row: with a capacity of thousands, a send to a long queue cost a millisecond. For
+    one channel of a process's queue it visits the rows of the process's other channels too.
     """
-    live = (
-        select(literal(1))
-        .where(
-            message.c.prefix == prefix,
-            message.c.queue == queue,
-            _for_channel(channel),
-            unexpired(message.c.expires_at),
-        )
-        .limit(capacity)
-    )
+    conditions = [message.c.prefix == prefix, message.c.queue == queue, unexpired(message.c.expires_at)]
+    if channel is not None:
+        conditions.append(for_channel(channel))
+    live = select(literal(1)).where(*conditions).limit(capacity)
     if correlate is not None:
         live = live.correlate(correlate)
     return select(func.count()).select_from(live.subquery("live")).scalar_subquery()
@@ -118,21 +114,23 @@ def id_span(queue: Any, *, correlate: Any = None) -> Any:
     return span.scalar_subquery()
 
 
-def has_room(
-    queue: Any, channel: Any, capacity: Any, taken: Any = 1, *, span: Any = None, correlate: Any = None
-) -> Any:
-    """Whether ``channel`` has room for ``taken`` more rows under ``capacity``.
+def has_room(queue: Any, channel: Any, capacity: Any, taken: Any = 1, *, correlate: Any = None) -> Any:
+    """Whether ``channel`` (stored under ``queue``) has room for ``taken`` more rows.
 
-    The queue's id span settles it whenever the queue's oldest row is recent; only a queue
-    with an old row left in it pays for counting the channel's rows. PostgreSQL evaluates
-    OR's arms in order and runs a subquery only when its value is needed. ``span`` is the
-    queue's id_span() when the caller computed it once for many channels of one queue.
+    From the cheapest bound to the exact count, each run only if the one before cannot tell
+    (PostgreSQL evaluates OR's arms in order, and a subquery only when its value is needed):
+    the queue's id span (two index lookups: settles it whenever the queue's oldest row is
+    recent); the queue's live rows, counted up to ``capacity`` (settles it for a normal
+    channel, and for a process whose queue holds fewer rows than one channel's capacity);
+    and, for a process-local channel only, that channel's own rows in its process's queue.
     """
-    if span is None:
-        span = id_span(queue, correlate=correlate)
     return or_(
-        taken + span <= capacity,
-        taken + live_count(queue, channel, capacity, correlate=correlate) <= capacity,
+        taken + id_span(queue, correlate=correlate) <= capacity,
+        taken + live_count(queue, capacity, correlate=correlate) <= capacity,
+        and_(
+            is_process_local(queue),
+            taken + live_count(queue, capacity, channel=channel, correlate=correlate) <= capacity,
+        ),
     )
 
 

@@ -11,15 +11,17 @@ from sqlalchemy import (
     LargeBinary,
     Select,
     Text,
+    and_,
     bindparam,
     case,
     false,
     func,
     insert,
     literal,
+    or_,
     select,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by, array
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ...naming import topic_for
@@ -144,20 +146,69 @@ def _build_group_send() -> Select[Any]:
         .cte("members")
     )
     is_here = func.coalesce(func.right(members.c.queue, func.length(own_suffix)) == own_suffix, false())
-    # One id span per queue, however many of its process's members the group has.
-    queues = select(members.c.queue).where(~is_here).distinct().subquery("queues")
-    # MATERIALIZED: inlined, the planner evaluates the span once per member instead.
+    # Room is settled per queue where it can be, however many of a process's members the
+    # group has: the queue's id span, else its live rows counted up to its members' largest
+    # capacity. MATERIALIZED: inlined, the planner evaluates such subqueries once per member.
+    queues = (
+        select(
+            members.c.queue,
+            func.min(members.c.capacity).label("least"),
+            func.max(members.c.capacity).label("most"),
+        )
+        .where(~is_here)
+        .group_by(members.c.queue)
+        .subquery("queues")
+    )
     spans = (
-        select(queues.c.queue, sql.id_span(queues.c.queue, correlate=queues).label("span"))
+        select(queues, sql.id_span(queues.c.queue, correlate=queues).label("span"))
         .cte("spans")
+        .prefix_with("MATERIALIZED")
+    )
+    bounds = (
+        select(
+            spans.c.queue,
+            spans.c.least,
+            case(
+                (spans.c.span + 1 <= spans.c.least, spans.c.span),
+                else_=sql.live_count(spans.c.queue, spans.c.most, correlate=spans),
+            ).label("bound"),
+        )
+        .cte("bounds")
+        .prefix_with("MATERIALIZED")
+    )
+    # A process's queue that holds more rows than a member's capacity: each member's own
+    # rows, counted in one pass over the queue (a direct row counts for its channel, a group
+    # row for each of its recipients).
+    counted = (
+        select(
+            bounds.c.queue,
+            func.unnest(func.coalesce(message.c.recipients, array([message.c.channel]))).label("channel"),
+        )
+        .join_from(bounds, message, and_(message.c.prefix == sql.prefix, message.c.queue == bounds.c.queue))
+        .where(
+            sql.is_process_local(bounds.c.queue),
+            bounds.c.bound + 1 > bounds.c.least,
+            sql.unexpired(message.c.expires_at),
+        )
+        .subquery("counted")
+    )
+    counts = (
+        select(counted.c.queue, counted.c.channel, func.count().label("live"))
+        .group_by(counted.c.queue, counted.c.channel)
+        .cte("counts")
         .prefix_with("MATERIALIZED")
     )
     roomy = (
         select(members.c.queue, members.c.channel)
-        .join_from(members, spans, spans.c.queue == members.c.queue)
+        .join_from(members, bounds, bounds.c.queue == members.c.queue)
+        .outerjoin(counts, and_(counts.c.queue == members.c.queue, counts.c.channel == members.c.channel))
         .where(
-            sql.has_room(
-                members.c.queue, members.c.channel, members.c.capacity, span=spans.c.span, correlate=members
+            or_(
+                bounds.c.bound + 1 <= members.c.capacity,
+                and_(
+                    sql.is_process_local(members.c.queue),
+                    func.coalesce(counts.c.live, 0) + 1 <= members.c.capacity,
+                ),
             )
         )
         .cte("roomy")
