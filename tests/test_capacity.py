@@ -168,3 +168,22 @@ async def test_concurrent_sends_never_overfill_a_channel(make_layer: LayerFactor
     )
     assert sum(outcome is None for outcome in outcomes) == 10
     assert all(outcome is None or isinstance(outcome, ChannelFull) for outcome in outcomes)
+
+
+async def test_a_batch_of_concurrent_sends_fills_each_local_channel_of_a_process_to_its_own_capacity(
+    make_layer: LayerFactory,
+) -> None:
+    layer = make_layer(capacity=10)
+    sender = make_layer(capacity=10, pool_size=2)  # one send slot: the rest go in batches
+    channels = [await layer.new_channel() for _ in range(4)]
+    sends = [(channel, n) for n in range(12) for channel in channels]
+    outcomes = await asyncio.gather(
+        *(sender.send(channel, {"type": "n", "n": n}) for channel, n in sends), return_exceptions=True
+    )
+    assert all(outcome is None or isinstance(outcome, ChannelFull) for outcome in outcomes)
+    for channel in channels:
+        accepted = [
+            n for (to, n), outcome in zip(sends, outcomes, strict=True) if to == channel and outcome is None
+        ]
+        assert len(accepted) == 10
+        assert [(await receive(layer, channel))["n"] for _ in range(10)] == accepted

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.sql.base import Executable
 
 from channel_layer_pg import migrate
@@ -173,3 +174,50 @@ async def test_a_send_looks_up_the_newest_id_only_for_a_queue_with_rows(
     assert ("never executed" not in newest) is looked_up, plan
     # The row was stored (PostgreSQL 18 prints row counts as "1.00").
     assert re.search(r"CTE Scan on inserted \(actual rows=1(\.00)? ", plan), plan
+
+
+@pytest.mark.parametrize(("pending", "counted"), [(5, False), (120, True)])
+async def test_a_group_send_counts_each_member_s_rows_only_when_its_process_queue_is_long(
+    analyzed_empty_url: str, pending: int, counted: bool
+) -> None:
+    # 50 members in another process whose queue holds ``pending`` group rows naming them all,
+    # behind 200 later rows elsewhere (so the id span cannot settle it): with fewer rows than
+    # the capacity of 100, counting the queue's rows settles every member at once.
+    members = [f"s.remote!m{n}" for n in range(50)]
+    conn = await connect(analyzed_empty_url)
+    try:
+        await conn.execute(
+            "INSERT INTO channel_layer_pg_group_member SELECT 'p', 'g', m, now() + interval '1 hour' "
+            "FROM unnest($1::text[]) AS m",
+            members,
+        )
+        await conn.execute(
+            "INSERT INTO channel_layer_pg_message (prefix, queue, channel, recipients, expires_at, payload) "
+            "SELECT 'p', 's.remote!', 's.remote!', $1, now() + interval '1 hour', 'x' "
+            "FROM generate_series(1, $2)",
+            members,
+            pending,
+        )
+        await conn.execute(
+            "INSERT INTO channel_layer_pg_message (prefix, queue, channel, expires_at, payload) "
+            "SELECT 'p', 'other', 'other', now() + interval '1 hour', 'x' FROM generate_series(1, 200)"
+        )
+        statement, parameters = HOT_STATEMENTS["GROUP_SEND"]
+        compiled = statement.compile(dialect=PGDialect_asyncpg())
+        arguments = [
+            parameters[key] if key in parameters else compiled.params[key]
+            for key in compiled.positiontup or ()
+        ]
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            plan = await plan_of_prepared(conn, str(compiled), arguments, analyze=True)
+        finally:
+            await transaction.rollback()
+    finally:
+        await conn.close()
+    assert re.search(r"loops=50\b", plan) is None, f"a subquery ran once per member:\n{plan}"
+    # The aggregate under "CTE counts" gets no row unless the queue's rows were counted
+    # (PostgreSQL 18 prints fractional row counts: rows=0.00).
+    counts = plan[plan.index("CTE counts") :].splitlines()[1]
+    assert (re.search(r"rows=0(\.0+)? ", counts) is None) is counted, plan
