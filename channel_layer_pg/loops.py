@@ -102,6 +102,7 @@ class EventLoops:
                     self._hops[loop] = hops + 1
                     return self._io_route_locked()
                 del self._hops[loop]
+                self._end_io_lingering()
             live = self._drop_abandoned()
             served = _Served(loop, self._new_backend(main_thread))
             self._direct = {**live, loop: served}
@@ -122,6 +123,19 @@ class EventLoops:
             # nothing until its first statement, which runs there.
             self._io_served = _Served(None, backend)
         return self._io_served.backend, self._io
+
+    def _end_io_lingering(self) -> None:
+        """The I/O thread's readers of a loop now served directly need not linger for it.
+
+        Lingering, each would be woken by every NOTIFY of its channels, on another thread,
+        for receives that now run elsewhere.
+        """
+        io_loop = self._io.running_loop
+        if self._io_served is not None and io_loop is not None:
+            try:
+                io_loop.call_soon_threadsafe(self._io_served.backend.end_lingering)
+            except RuntimeError:
+                pass  # the I/O thread is stopping
 
     def _drop_abandoned(self) -> dict[asyncio.AbstractEventLoop, _Served]:
         """The served loops still open; those closed under the layer are logged and dropped."""

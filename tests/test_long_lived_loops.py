@@ -8,7 +8,7 @@ import logging
 import sys
 import threading
 import warnings
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -18,6 +18,7 @@ from asgiref.sync import async_to_sync
 
 from channel_layer_pg import LayerClosedError, PostgresChannelLayer
 from channel_layer_pg.loops import DIRECT_AFTER_CALLS
+from channel_layer_pg.naming import listener_application_name
 from tests.helpers import TIMEOUT, LayerFactory, Sql, receive
 
 T = TypeVar("T")
@@ -125,6 +126,41 @@ async def test_loops_served_directly_wake_each_other_s_receives(
     await app.run(layer.send(own, {"type": "to the main loop"}))
     assert await receive(layer, own) == {"type": "to the main loop"}
     assert layer.direct_loops == 2
+
+
+async def test_the_io_thread_stops_listening_for_a_loop_once_that_loop_is_served_directly(
+    make_layer: LayerFactory, app: LoopThread, sql: Sql, prefix: str
+) -> None:
+    layer = make_layer()
+    query = "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'"
+
+    async def until_listening(done: Callable[[set[int]], bool]) -> set[int]:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                pids = {row["pid"] for row in await sql(query, listener_application_name(prefix))}
+                if done(pids):
+                    return pids
+                # Polling the server for an observable state, bounded: no event exists for it.
+                await asyncio.sleep(0.01)
+
+    # A receive that waits, through the I/O thread: its reader LISTENs there.
+    waiting = asyncio.ensure_future(app.run(layer.receive("test.moving")))
+    (io_thread,) = await until_listening(lambda pids: len(pids) == 1)
+    await app.run(layer.send("test.moving", {"type": "through the I/O thread"}))
+    assert await waiting == {"type": "through the I/O thread"}
+
+    async def calls() -> None:
+        for _ in range(DIRECT_AFTER_CALLS - 2):
+            await layer.check()
+
+    await app.run(calls())
+    assert layer.direct_loops == 0
+    # The first call served directly; the I/O thread's reader has nothing left to linger for.
+    waiting = asyncio.ensure_future(app.run(layer.receive("test.moving")))
+    await until_listening(lambda pids: len(pids) == 1 and io_thread not in pids)
+    assert layer.direct_loops == 1
+    await app.run(layer.send("test.moving", {"type": "after the move"}))
+    assert await waiting == {"type": "after the move"}
 
 
 async def test_async_to_sync_loops_never_get_connections_of_their_own(

@@ -250,6 +250,11 @@ class LoopBackend:
         )
         return messages + memberships
 
+    def end_lingering(self) -> None:
+        """Let this loop's readers that nobody waits on unsubscribe now (see QueueReader.end_linger)."""
+        for reader in self._readers.values():
+            reader.end_linger()
+
     def wake_reader(self, queue: str) -> None:
         """Make this loop's reader of ``queue``, if any, look at the shared buffer again."""
         reader = self._readers.get(queue)

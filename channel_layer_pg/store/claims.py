@@ -52,6 +52,8 @@ class QueueReader:
         self._faults = faults
         self._poll_interval = POLL_INTERVAL if faults is None else faults.poll_interval or POLL_INTERVAL
         self._linger = IDLE_LINGER if faults is None else faults.reader_linger or IDLE_LINGER
+        # Set by end_linger(): the next time nobody waits, unsubscribe at once.
+        self._linger_ended = False
         self._database_reached = database_reached
         self._topic = topic
         self._listener = listener
@@ -81,6 +83,7 @@ class QueueReader:
 
     async def receive(self, channel: str) -> Claimed:
         """The next message for ``channel``; cancelling never loses one."""
+        self._linger_ended = False  # in use again: lingering pays off
         buffered = self._buffer.take(channel)
         if buffered is not None:
             return buffered
@@ -168,6 +171,15 @@ class QueueReader:
             self._buffer.put_front(row)
             self._on_buffered(self.queue)
 
+    def end_linger(self) -> None:
+        """Unsubscribe as soon as nobody waits, rather than linger for the next receive.
+
+        For a reader whose receives have moved to another loop: lingering, it would only be
+        woken by every NOTIFY meant for the reader that took over.
+        """
+        self._linger_ended = True
+        self._wakeup.set()
+
     def wake(self) -> None:
         """The table may hold something new (a NOTIFY came, or the listener reconnected): look."""
         self._wakes += 1
@@ -250,6 +262,8 @@ class QueueReader:
             self._wakeup.clear()
             self._serve_from_buffer()
             if not self._waiters:
+                if self._linger_ended and self._inline_claim is None:
+                    return
                 # Stay subscribed a while: a consumer calls receive again right after each
                 # message, and LISTEN/UNLISTEN per message would cost a round trip each.
                 if (
