@@ -60,7 +60,7 @@ def create_engine(config: LayerConfig, *, use_given_engine: bool) -> tuple[Async
         connect_args=_connect_args(config, config.connect_args),
         # The layer pools connections itself (pool.HeldConnections): a checkout from
         # SQLAlchemy's async pool costs about as much as the statement it is for
-        # (benchmarks/pool_checkout.py).
+        # (`benchmarks/bench.py pool-checkout`).
         poolclass=NullPool,
     )
     return engine, True

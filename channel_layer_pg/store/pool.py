@@ -1,8 +1,8 @@
 """The layer's own pool: connections it keeps open between statements.
 
 The layer runs one short autocommitted statement per checkout, and SQLAlchemy's async pool
-costs 40 to 150 us per checkout and return (benchmarks/pool_checkout.py), as much as a whole
-one-row INSERT on loopback; this pool costs about 1 us. So for an engine the layer makes
+costs 40 to 150 us per checkout and return (``benchmarks/bench.py pool-checkout``), as much as
+a whole one-row INSERT on loopback; this pool costs about 1 us. So for an engine the layer makes
 (whose SQLAlchemy pool is a NullPool: it only opens connections) this is the pool: up to
 ``most`` connections, of which up to ``keep`` stay open while idle, each for at most
 ``idle_timeout`` seconds. For an application's engine (``keep=0``) every connection goes back

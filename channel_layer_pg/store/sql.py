@@ -1,6 +1,6 @@
 """The pieces every statement is built from: "now", liveness, a queue's room, NOTIFY topics.
 
-Each is written once here; statements.py and stats.py compose them. Where SQL must compute
+Each is written once here; statements/ and stats.py compose them. Where SQL must compute
 what Python also computes (a channel's queue, a queue's NOTIFY topic), the two are tied by
 tests/test_statements.py.
 """
