@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -158,7 +158,7 @@ class Waiters:
     def channels(self) -> list[str]:
         return list(self._by_channel)
 
-    def wanted(self, *, skipping: Collection[str]) -> dict[str, int]:
+    def wanted(self, *, skipping: Container[str]) -> dict[str, int]:
         """How many receives wait per channel, leaving out the channels in ``skipping``."""
         return {
             channel: len(waiters) for channel, waiters in self._by_channel.items() if channel not in skipping

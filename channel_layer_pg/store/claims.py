@@ -17,6 +17,7 @@ from ..errors import DatabaseUnreachableError
 from ..faults import FaultHooks
 from ..local import Claimed, ClaimedBuffer, Waiters, Wakeup
 from .backoff import Backoff
+from .known_empty import KnownEmpty
 from .listener import Listener, NotificationsNotDelivered
 
 logger = logging.getLogger("channel_layer_pg")
@@ -70,14 +71,7 @@ class QueueReader:
         self._inline_claim: asyncio.Future[Sequence[Claimed]] | None = None
         self._reader_claim: asyncio.Future[Sequence[Claimed]] | None = None
         self._closed_by: BaseException | None = None
-        # Channels a claim found nothing for while LISTEN was in effect, with no NOTIFY (nor
-        # anything else that calls wake()) since: claiming for them again would find nothing,
-        # so a receive on one of them just waits. A consumer that keeps up then costs one
-        # claim per message instead of two (the empty one, and the one after the NOTIFY).
-        self._known_empty: set[str] = set()
-        # When the poll forgets them (loop time), counted from the first: wake-ups that only
-        # concern the buffer come and go without touching the table, and must not put it off.
-        self._known_empty_until = 0.0
+        self._known_empty = KnownEmpty(self._poll_interval)
         self._wakes = 0  # counts wake() calls, to tell whether one came during a claim
         self._listening = False
 
@@ -183,7 +177,7 @@ class QueueReader:
     def wake(self) -> None:
         """The table may hold something new (a NOTIFY came, or the listener reconnected): look."""
         self._wakes += 1
-        self._known_empty.clear()
+        self._known_empty.forget()
         # With nobody waiting there is nothing to claim for: the next receive looks at the
         # table itself. Skipping the wake saves the lingering reader a turn per NOTIFY.
         if self._waiters:
@@ -203,13 +197,7 @@ class QueueReader:
         # Only if LISTEN was in effect before the claim began and no wake came meanwhile: a
         # message committed after the claim's snapshot then always brings a NOTIFY later.
         if listening and self._listening and wakes == self._wakes:
-            now = asyncio.get_running_loop().time()
-            if now >= self._known_empty_until:
-                # Those found empty before are due for the poll's look anyway.
-                self._known_empty.clear()
-            if not self._known_empty:
-                self._known_empty_until = now + self._poll_interval
-            self._known_empty.update(channels)
+            self._known_empty.note(channels, asyncio.get_running_loop().time())
 
     def fail_waiters(self, exc: BaseException) -> None:
         self._waiters.fail(exc)
@@ -250,7 +238,7 @@ class QueueReader:
                 await self._serve()
             finally:
                 self._listening = False
-                self._known_empty.clear()
+                self._known_empty.forget()
                 await self._listener.unsubscribe(self._topic, self.wake)
             # No await between this check and the end of the task, so a receive that
             # arrived during UNLISTEN is served by another round, never stranded.
@@ -281,9 +269,9 @@ class QueueReader:
                 # Nothing to claim until a wake says otherwise; the poll is the net under a
                 # wake-up lost with a dropped connection, or a row skipped while another claim
                 # held it (which brings no NOTIFY when that claim leaves it).
-                remaining = self._known_empty_until - asyncio.get_running_loop().time()
+                remaining = self._known_empty.until_poll(asyncio.get_running_loop().time())
                 if remaining <= 0 or not await self._wakeup.wait(remaining):
-                    self._known_empty.clear()
+                    self._known_empty.forget()
                 continue
             wakes = self._wakes
             claim = asyncio.ensure_future(self._claim(self.queue, list(wanted), sum(wanted.values())))
