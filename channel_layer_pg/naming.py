@@ -16,7 +16,7 @@ _GROUP_NAME = re.compile(r"[a-zA-Z\d\-_.]+")
 TOPIC_PREFIX = "clpg_"
 TOPIC_DIGEST_LENGTH = 32  # hex digits of the SHA-256 kept in a topic
 
-# The pool's sessions are "channel_layer_pg" (database.create_engine); a listener adds its prefix.
+# The pool's sessions are "channel_layer_pg" (store.db.create_engine); a listener adds its prefix.
 LISTENER_APPLICATION_NAME = "channel_layer_pg listener"
 
 

@@ -194,7 +194,7 @@ class LoopBackend:
     async def _claim(self, queue: str, channels: Sequence[str], limit: int) -> list[Claimed]:
         # A normal channel is a queue of its own, with no group rows to share out.
         statement = statements.CLAIM if is_process_local(queue) else statements.CLAIM_CHANNEL
-        # Readers run every claim in a shielded task of its own (reader.Claim).
+        # Readers run every claim in a shielded task of its own (claims.Claim).
         rows = await self._statements.fetch(
             statement,
             {"prefix": self._config.prefix, "queue": queue, "channels": channels, "limit": limit},

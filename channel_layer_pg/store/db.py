@@ -38,7 +38,7 @@ _RECONNECT_FIRST, _RECONNECT_MOST, _RECONNECT_FOR = 0.05, 1.0, 1.75
 # one plan with it. A plan made while the message table held a page of rows (after a VACUUM of
 # an empty queue table) scanned the whole table: a send cost 0.33 ms at 500 queued rows and
 # 1.6 ms at 4,000. With sequential scans off every statement has an index path (and
-# statements._unexpired keeps the expiry indexes out of reach). A startup parameter, not a
+# store.sql.unexpired keeps the expiry indexes out of reach). A startup parameter, not a
 # SET: a transaction pooler must refuse it (a SET would stay with its server connection, for
 # other clients), and does, until listen_url says the pooler is there.
 PLAN_SETTINGS = {"enable_seqscan": "off"}

@@ -84,7 +84,7 @@ FLUSH_GROUPS = delete(group_member).where(group_member.c.prefix == sql.prefix)
 
 # Cleanup works in bounded batches so no statement holds many row locks or runs long. The batch
 # is written into the statement: a generic plan for LIMIT $1 (PostgreSQL's choice after five
-# runs) guesses a tenth of the expired rows, and a review measured it reading the whole table
+# runs) guesses a tenth of the expired rows, and was measured reading the whole table
 # for every batch after a mass expiry (91 ms a batch of 1,000).
 CLEANUP_BATCH = 1000
 _batch = literal_column(str(CLEANUP_BATCH), BigInteger)
