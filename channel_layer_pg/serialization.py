@@ -65,8 +65,9 @@ def resolve_serializer(serializer: object) -> Serializer:
     )
 
 
-# Every Fernet token starts with this: base64 of the version byte 0x80 and the high bytes of
-# its timestamp, zero until 2106. Consulted only once a payload failed to decode, to say why.
+# Every Fernet token starts with this: base64 of the version byte 0x80 and the top 28 bits of
+# its 64-bit timestamp, zero until the year 4147. Consulted only once a payload failed to
+# decode, to say why.
 _FERNET_TOKEN_START = b"gAAAAA"
 # Inside a token: this format byte, the binding's length (one byte), the binding, then the
 # serialized message. A binding is b"c:<prefix>:<channel>" or b"g:<prefix>:<group>"; names
