@@ -67,11 +67,12 @@ async def test_a_wrong_key_raises_a_clear_error(make_layer: LayerFactory) -> Non
         await receive(receiver, "test.wrong-key")
 
 
+@pytest.mark.parametrize("serializer", ["msgpack", "json"])
 async def test_a_keyless_receiver_refuses_an_encrypted_message_and_gets_the_next(
-    make_layer: LayerFactory,
+    make_layer: LayerFactory, serializer: str
 ) -> None:
-    keyed = make_layer(symmetric_encryption_keys=["secret-key"])
-    keyless = make_layer()
+    keyed = make_layer(symmetric_encryption_keys=["secret-key"], serializer=serializer)
+    keyless = make_layer(serializer=serializer)
     await keyed.send("test.mixed", {"type": "sealed"})
     await keyless.send("test.mixed", {"type": "plain"})
     with pytest.raises(DecryptionError, match="encrypted but this layer has no symmetric_encryption_keys"):
