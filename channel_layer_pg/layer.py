@@ -148,7 +148,7 @@ class PostgresChannelLayer:
         database) the message is written in that transaction: sent if it commits, never if not.
         """
         validate_channel_name(channel)
-        payload = self._config.codec.encode(message)
+        payload = self._config.codec.encode(message, channel=channel)
         capacity = self._config.capacity_for(channel)
         queue = non_local_name(channel)
         if connection is None and self._owns(queue):
@@ -177,7 +177,7 @@ class PostgresChannelLayer:
                 "only the instance whose new_channel() made it can receive on it"
             )
         row = await self._receive(queue, channel)
-        return self._config.codec.decode(row.payload)
+        return self._config.codec.decode(row.payload, channel=channel)
 
     # -- groups -----------------------------------------------------------------------------
 
@@ -215,7 +215,7 @@ class PostgresChannelLayer:
         ``connection`` makes it transactional, as for ``send``.
         """
         validate_group_name(group)
-        payload = self._config.codec.encode(message)
+        payload = self._config.codec.encode(message, group=group)
         if connection is None:
             suffix = self._own_queue_suffix
             row = await self._call(lambda backend: backend.group_send(payload, group, suffix))
