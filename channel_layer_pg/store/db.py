@@ -16,7 +16,7 @@ from sqlalchemy.sql.base import Executable
 
 from ..config import LayerConfig
 from ..errors import DatabaseUnreachableError
-from . import statements, stats
+from . import health, statements, stats
 from .backoff import Backoff
 from .driver_errors import retryable, translated_errors, unreachable
 from .pool import Held, HeldConnections
@@ -24,7 +24,7 @@ from .pool import Held, HeldConnections
 T = TypeVar("T")
 
 # Where the statements the runner is given are defined, for naming them in logs.
-_STATEMENT_MODULES = (statements, stats)
+_STATEMENT_MODULES = (statements, stats, health)
 
 logger = logging.getLogger("channel_layer_pg")
 

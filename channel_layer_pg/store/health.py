@@ -1,0 +1,107 @@
+"""Whether the database can serve the layer: what ``ping()`` checks and ``stats()`` shows.
+
+Reaching the server is not enough. A hot standby (or a primary mid-failover, or a role or
+database with default_transaction_read_only) answers every read and refuses every send, and
+tables from an older release of the package lack what its statements use. So the check reads,
+in one statement, the tables (as the layer's role), whether this session may write, and
+whether the role may read the migration version table; then, if it may, the revision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Text, bindparam, column, func, select, table
+from sqlalchemy.sql.base import Executable
+
+from ..config import LayerConfig
+from ..errors import DatabaseReadOnlyError, SchemaOutdatedError
+from .driver_errors import MIGRATE_HINT
+from .migrate import migration_head, migration_revisions
+from .schema import VERSION_TABLE, group_member, message
+
+Fetch = Callable[[Executable, dict[str, Any]], Awaitable[list[Any]]]
+
+_version_table = bindparam("version_table", VERSION_TABLE, type_=Text)
+
+# Reads no row of the layer's tables, yet fails unless both exist and the role may read them.
+# transaction_read_only is on in recovery (a standby) and under default_transaction_read_only;
+# the layer autocommits, so each statement's transaction starts with the session's default.
+HEALTH = select(
+    select(message.c.id).limit(0).scalar_subquery().label("message"),
+    select(group_member.c.prefix).limit(0).scalar_subquery().label("group_member"),
+    func.pg_is_in_recovery().label("in_recovery"),
+    (func.current_setting("transaction_read_only") == "on").label("read_only"),
+    func.to_regclass(_version_table).is_not(None).label("versioned"),
+    # A role with only the layer's run-time grants may not read the version table; naming it
+    # in a statement would fail the whole statement, so this one only asks.
+    func.coalesce(func.has_table_privilege(func.to_regclass(_version_table), "SELECT"), False).label(
+        "version_readable"
+    ),
+)
+
+SCHEMA_REVISION = select(table(VERSION_TABLE, column("version_num")).c.version_num)
+
+
+@dataclass(frozen=True)
+class Health:
+    in_recovery: bool  # a standby replaying WAL: read-only until promoted
+    writable: bool  # this session's transactions may write
+    versioned: bool  # the migration version table exists
+    revision: str | None  # None if there is no version table or the role may not read it
+    head: str  # the revision this version of the package needs
+
+    @property
+    def at_head(self) -> bool | None:
+        """Whether the tables are at ``head``; None if the role may not read the revision."""
+        if not self.versioned:
+            return False
+        return None if self.revision is None else self.revision == self.head
+
+
+async def read(fetch: Fetch) -> Health:
+    """The database's health as the layer's role sees it (raises SchemaMissingError if no tables)."""
+    (row,) = await fetch(HEALTH, {})
+    revision = None
+    if row["versioned"] and row["version_readable"]:
+        # One row for a linear history such as the layer's.
+        revisions = [r["version_num"] for r in await fetch(SCHEMA_REVISION, {})]
+        revision = ",".join(revisions) if revisions else None
+    return Health(
+        in_recovery=bool(row["in_recovery"]),
+        writable=not row["read_only"],
+        versioned=bool(row["versioned"]),
+        revision=revision,
+        head=migration_head(),
+    )
+
+
+def raise_unless_serving(config: LayerConfig, health: Health) -> None:
+    """Raise the layer error that says why the database cannot serve sends, if it cannot."""
+    where = f"PostgreSQL at {config.host_and_port} ({config.safe_url})"
+    if health.in_recovery:
+        raise DatabaseReadOnlyError(
+            f"{where} is in recovery (a hot standby, or a failover in progress) and accepts no "
+            "writes: point the URL at the primary"
+        )
+    if not health.writable:
+        raise DatabaseReadOnlyError(
+            f"{where} accepts no writes (default_transaction_read_only is on for the layer's role "
+            "or database): unset it, or point the URL at a writable server"
+        )
+    if not health.versioned:
+        raise SchemaOutdatedError(
+            f"the channel layer's tables in {config.safe_url} have no {VERSION_TABLE} table, so "
+            f"their revision is unknown; bring them to {health.head} with: {MIGRATE_HINT}"
+        )
+    if health.at_head is False:
+        if health.revision in migration_revisions():
+            advice = f"bring them to {health.head} with: {MIGRATE_HINT}"
+        else:
+            advice = "a newer release of channel_layer_pg migrated them: upgrade the package"
+        raise SchemaOutdatedError(
+            f"the channel layer's tables in {config.safe_url} are at revision {health.revision}, "
+            f"and this release of channel_layer_pg needs {health.head}; {advice}"
+        )
