@@ -109,14 +109,16 @@ class PostgresChannelLayer:
             raise ValueError(f"timeout must be more than 0 seconds, not {timeout!r}")
         started = time.perf_counter()
         try:
-            found = await asyncio.wait_for(self._call(lambda backend: health.read(backend.fetch)), timeout)
+            found = await asyncio.wait_for(
+                self._call(lambda backend: health.read(backend.fetch, probe_writes=True)), timeout
+            )
         except asyncio.TimeoutError:
             raise DatabaseUnreachableError(
                 f"PostgreSQL at {self._config.host_and_port} did not answer within {timeout:g} s "
                 f"({self._config.safe_url})"
             ) from None
         took = time.perf_counter() - started
-        health.raise_unless_serving(self._config, found)
+        health.raise_unless_current(self._config, found)
         return took
 
     async def stats(self, *, limit: int = 10) -> LayerStats:

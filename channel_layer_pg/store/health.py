@@ -2,9 +2,9 @@
 
 Reaching the server is not enough. A hot standby (or a primary mid-failover, or a role or
 database with default_transaction_read_only) answers every read and refuses every send, and
-tables from an older release of the package lack what its statements use. So the check reads,
-in one statement, the tables (as the layer's role), whether this session may write, and
-whether the role may read the migration version table; then, if it may, the revision.
+tables from an older release of the package lack what its statements use. So one statement
+reads the tables (as the layer's role), whether this session may write, and whether the role
+may read the migration version table; a second, if it may, reads the revision.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Text, bindparam, column, func, select, table
+from sqlalchemy import Text, bindparam, column, delete, false, func, select, table
 from sqlalchemy.sql.base import Executable
 
 from ..config import LayerConfig
-from ..errors import DatabaseReadOnlyError, SchemaOutdatedError
+from ..errors import SchemaOutdatedError
 from .driver_errors import MIGRATE_HINT
 from .migrate import migration_head, migration_revisions
 from .schema import VERSION_TABLE, group_member, message
@@ -26,13 +26,13 @@ Fetch = Callable[[Executable, dict[str, Any]], Awaitable[list[Any]]]
 
 _version_table = bindparam("version_table", VERSION_TABLE, type_=Text)
 
-# Reads no row of the layer's tables, yet fails unless both exist and the role may read them.
-# transaction_read_only is on in recovery (a standby) and under default_transaction_read_only;
-# the layer autocommits, so each statement's transaction starts with the session's default.
-HEALTH = select(
+_columns = (
+    # Read no row, yet fail unless both tables exist and the role may read them.
     select(message.c.id).limit(0).scalar_subquery().label("message"),
     select(group_member.c.prefix).limit(0).scalar_subquery().label("group_member"),
     func.pg_is_in_recovery().label("in_recovery"),
+    # On in recovery and under default_transaction_read_only; the layer autocommits, so each
+    # statement's transaction starts with its session's default.
     (func.current_setting("transaction_read_only") == "on").label("read_only"),
     func.to_regclass(_version_table).is_not(None).label("versioned"),
     # A role with only the layer's run-time grants may not read the version table; naming it
@@ -41,6 +41,16 @@ HEALTH = select(
         "version_readable"
     ),
 )
+
+# For stats(): describes a read-only server rather than failing on one.
+HEALTH = select(*_columns)
+
+# For ping(): fails exactly when a send would. PostgreSQL refuses any DELETE in a read-only
+# transaction before it looks at a row, so this one, which matches none, fails with
+# read_only_sql_transaction (DatabaseReadOnlyError) on a standby or a read-only session, and
+# waits, as a send would, behind a lock that blocks writes to the message table.
+_probe = delete(message).where(false()).returning(message.c.id).cte("write_probe")
+PING_WRITABLE = select(*_columns, select(func.count()).select_from(_probe).scalar_subquery().label("probe"))
 
 SCHEMA_REVISION = select(table(VERSION_TABLE, column("version_num")).c.version_num)
 
@@ -61,9 +71,13 @@ class Health:
         return None if self.revision is None else self.revision == self.head
 
 
-async def read(fetch: Fetch) -> Health:
-    """The database's health as the layer's role sees it (raises SchemaMissingError if no tables)."""
-    (row,) = await fetch(HEALTH, {})
+async def read(fetch: Fetch, *, probe_writes: bool = False) -> Health:
+    """The database's health as the layer's role sees it.
+
+    Raises SchemaMissingError without the tables and, with ``probe_writes``, the error a send
+    would meet (DatabaseReadOnlyError on a server that takes no writes).
+    """
+    (row,) = await fetch(PING_WRITABLE if probe_writes else HEALTH, {})
     revision = None
     if row["versioned"] and row["version_readable"]:
         # One row for a linear history such as the layer's.
@@ -78,19 +92,8 @@ async def read(fetch: Fetch) -> Health:
     )
 
 
-def raise_unless_serving(config: LayerConfig, health: Health) -> None:
-    """Raise the layer error that says why the database cannot serve sends, if it cannot."""
-    where = f"PostgreSQL at {config.host_and_port} ({config.safe_url})"
-    if health.in_recovery:
-        raise DatabaseReadOnlyError(
-            f"{where} is in recovery (a hot standby, or a failover in progress) and accepts no "
-            "writes: point the URL at the primary"
-        )
-    if not health.writable:
-        raise DatabaseReadOnlyError(
-            f"{where} accepts no writes (default_transaction_read_only is on for the layer's role "
-            "or database): unset it, or point the URL at a writable server"
-        )
+def raise_unless_current(config: LayerConfig, health: Health) -> None:
+    """Raise SchemaOutdatedError unless the tables are at the head (or the role cannot tell)."""
     if not health.versioned:
         raise SchemaOutdatedError(
             f"the channel layer's tables in {config.safe_url} have no {VERSION_TABLE} table, so "
