@@ -120,7 +120,7 @@ def caused_by(exc: BaseException, sqlstate: str) -> None:
 
 @pytest.mark.parametrize(("setting", "sqlstate"), [("statement_timeout", "57014"), ("lock_timeout", "55P03")])
 async def test_a_lock_held_past_a_timeout_fails_sends_while_a_waiting_receive_waits_it_out(
-    make_layer: LayerFactory, own_url: str, caplog: pytest.LogCaptureFixture, setting: str, sqlstate: str
+    own_url: str, make_layer: LayerFactory, caplog: pytest.LogCaptureFixture, setting: str, sqlstate: str
 ) -> None:
     caplog.set_level(logging.INFO, logger="channel_layer_pg")
     async with runtime_role(own_url) as role_url:
@@ -154,7 +154,7 @@ async def test_a_lock_held_past_a_timeout_fails_sends_while_a_waiting_receive_wa
 
 
 async def test_a_read_only_database_fails_sends_and_ping_and_a_waiting_receive_outlasts_it(
-    make_layer: LayerFactory, own_url: str
+    own_url: str, make_layer: LayerFactory
 ) -> None:
     async with runtime_role(own_url) as role_url:
         role = make_url(role_url).username
@@ -196,7 +196,7 @@ async def blocked_claims(locker: asyncpg.Connection) -> int:
 
 
 async def test_a_claim_whose_server_process_is_terminated_mid_statement_loses_nothing(
-    make_layer: LayerFactory, own_url: str
+    own_url: str, make_layer: LayerFactory
 ) -> None:
     claims = CountClaims()
     layer = make_layer(url=own_url, fault_hooks=claims)
@@ -218,7 +218,7 @@ async def test_a_claim_whose_server_process_is_terminated_mid_statement_loses_no
 
 
 async def test_a_role_out_of_connection_slots_gets_a_layer_error_and_recovers(
-    make_layer: LayerFactory, own_url: str
+    own_url: str, make_layer: LayerFactory
 ) -> None:
     async with runtime_role(own_url, attributes="CONNECTION LIMIT 2") as role_url:
         hogs = [await connect(role_url) for _ in range(2)]
@@ -268,7 +268,7 @@ async def _show_data_directory(url: str) -> str | None:
 
 
 async def test_a_full_disk_fails_sends_with_a_layer_error_and_keeps_what_was_stored(
-    make_layer: LayerFactory, database_url: str, tiny_disk: str
+    database_url: str, tiny_disk: str, make_layer: LayerFactory
 ) -> None:
     tablespace = f"clpg_tiny_{uuid.uuid4().hex[:8]}"
     await _admin(database_url, f"CREATE TABLESPACE \"{tablespace}\" LOCATION '{tiny_disk}'")
@@ -291,5 +291,6 @@ async def test_a_full_disk_fails_sends_with_a_layer_error_and_keeps_what_was_sto
             await asyncio.to_thread(subprocess.run, remount, check=True)
             await layer.send("test.full", {"type": "after"})
             assert await receive(layer, "test.full") == {"type": "after"}
+            await layer.close()  # before its database goes
     finally:
         await _admin(database_url, f'DROP TABLESPACE "{tablespace}"')
