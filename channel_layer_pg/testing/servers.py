@@ -12,6 +12,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import import_module
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -157,15 +158,16 @@ def _answers_ping(family: int, address: str | tuple[str, int], timeout: float) -
 def container_server() -> Iterator[str]:
     """A PostgreSQL in a Docker container (testcontainers), removed on exit; yields its URL."""
     try:
-        from testcontainers.community.postgres import PostgresContainer
+        module = import_module("testcontainers.community.postgres")
     except ImportError:
         try:
-            # testcontainers before 4.14 kept it here.
-            from testcontainers.postgres import PostgresContainer  # type: ignore[no-redef]
+            # Where testcontainers kept it before 4.14.
+            module = import_module("testcontainers.postgres")
         except ImportError:
             raise RuntimeError(
                 "a PostgreSQL in Docker needs testcontainers: pip install 'channel-layer-pg[testing]'"
             ) from None
+    PostgresContainer = module.PostgresContainer
     with PostgresContainer(os.environ.get(IMAGE_VAR) or DEFAULT_IMAGE, driver=None) as container:
         yield container.get_connection_url()
 
