@@ -73,6 +73,29 @@ async def test_layers_are_closed_after_their_test():
         await made[0].send("chat.late", {"type": "late"})
 """
 
+# Channels makes its own layer from channel_layer_config; it shares the test's prefix.
+DJANGO_TESTS = """\
+import pytest
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.test import override_settings
+
+if not settings.configured:
+    settings.configure()
+
+
+@pytest.mark.asyncio
+async def test_channels_makes_its_layer_on_the_test_database(channel_layer, channel_layer_config):
+    layers = {"default": {"BACKEND": "channel_layer_pg.PostgresChannelLayer", "CONFIG": channel_layer_config}}
+    with override_settings(CHANNEL_LAYERS=layers):
+        django_layer = get_channel_layer()
+        try:
+            await django_layer.send("chat.from_django", {"type": "hi"})
+        finally:
+            await django_layer.close()
+    assert await channel_layer.receive("chat.from_django") == {"type": "hi"}
+"""
+
 
 def run_pytest(project: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """A fresh ``python -m pytest`` in ``project``, with this checkout's package first on the path."""
@@ -96,6 +119,7 @@ def consumer_project(tmp_path: Path) -> Path:
     (project / "pytest.ini").write_text(PYTEST_INI)
     (project / "test_consumer.py").write_text(CONSUMER_TESTS)
     (project / "test_closing.py").write_text(CLOSING_TESTS)
+    (project / "test_django_settings.py").write_text(DJANGO_TESTS)
     (tmp_path / "out").mkdir()
     return project
 
@@ -128,7 +152,7 @@ def test_a_consumer_s_tests_get_an_embedded_server_when_no_url_is_set(
 ) -> None:
     result = run_pytest(consumer_project, "-q", env=without_a_database(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "6 passed" in result.stdout
+    assert "7 passed" in result.stdout
     (url,) = urls_seen(tmp_path)
     assert not socket_directory(url).exists(), "the embedded server's directory outlived the run"
 
@@ -140,7 +164,7 @@ def test_xdist_workers_share_one_embedded_server_and_stop_it_at_the_end(
     env = without_a_database(tmp_path)
     result = run_pytest(consumer_project, "-q", "-p", "xdist", "-n", "2", "--dist", "loadfile", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "6 passed" in result.stdout
+    assert "7 passed" in result.stdout
     assert workers_seen(tmp_path) == {"gw0", "gw1"}
     (url,) = urls_seen(tmp_path)
     assert not socket_directory(url).exists(), "the shared server's directory outlived the run"
