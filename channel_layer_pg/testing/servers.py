@@ -119,8 +119,8 @@ def server_kind() -> str:
 def docker_available(timeout: float = 1.0) -> bool:
     """Whether a Docker daemon answers a ping within ``timeout`` seconds (DOCKER_HOST or its usual sockets).
 
-    Only unix sockets and tcp:// are tried; a daemon reachable some other way (an SSH host, a
-    named pipe, a Docker context) counts as absent, and the embedded server is used instead.
+    Only unix sockets and plain tcp:// are tried; a daemon reachable some other way (TLS, an SSH
+    host, a named pipe, a Docker context) counts as absent, and the embedded server is used.
     """
     host = os.environ.get("DOCKER_HOST", "")
     if host.startswith("tcp://"):
