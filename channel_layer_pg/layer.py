@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -11,6 +10,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
+from .channels_compat import ChannelsInterface
 from .config import build_config
 from .droplog import DropLog
 from .errors import ChannelFull, DatabaseUnreachableError, LayerClosedError
@@ -27,16 +27,18 @@ T = TypeVar("T")
 
 Operation = Callable[[LoopBackend], Coroutine[Any, Any, T]]
 
-logger = logging.getLogger("channel_layer_pg")
 
-
-class PostgresChannelLayer:
+class PostgresChannelLayer(ChannelsInterface):
     """A channel layer whose messages and groups live in PostgreSQL tables.
 
     Every option is keyword-only and documented in the README; an unknown one is a TypeError
     that names it. The database is given as ``url``, as Django's ``NAME``/``USER``/``PASSWORD``/
     ``HOST``/``PORT``/``OPTIONS`` keys, as ``engine`` (an AsyncEngine the application owns), or
     by the ``CHANNEL_LAYER_PG_URL`` environment variable.
+
+    With Channels installed it is a ``channels.layers.BaseChannelLayer``, whose helpers
+    (``get_capacity``, ``require_valid_channel_name``, ...) it provides either way
+    (channels_compat.py).
     """
 
     # The spec lists extensions as a list; a ClassVar shared by every instance, never mutated.
