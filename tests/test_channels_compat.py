@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 import uuid
 import warnings
 from collections.abc import AsyncIterator
@@ -282,3 +284,20 @@ async def test_a_group_chat_consumer_reaches_every_connection(channel_layers: No
     assert await bob.receive_json_from(TIMEOUT) == {"text": "hi Alice"}
     await alice.disconnect(timeout=TIMEOUT)
     await bob.disconnect(timeout=TIMEOUT)
+
+
+def test_without_channels_the_layer_has_the_same_helpers_on_its_own() -> None:
+    # A process where importing Channels fails, as where it is not installed.
+    script = """
+import sys
+sys.modules["channels"] = None
+from channel_layer_pg import PostgresChannelLayer
+layer = PostgresChannelLayer(url="postgresql://nobody@127.0.0.1:1/none", channel_capacity={"a.*": 3})
+bases = [cls.__qualname__ for cls in PostgresChannelLayer.__mro__]
+assert bases == ["PostgresChannelLayer", "ChannelsInterface", "object"], bases
+assert layer.get_capacity("a.b") == 3 and layer.get_capacity("b") == 100
+assert layer.require_valid_channel_name("a.b!c") and layer.non_local_name("a.b!c") == "a.b!"
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT * 3)
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "ok", "")
