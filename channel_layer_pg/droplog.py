@@ -17,7 +17,7 @@ from collections import Counter
 
 from .faults import FaultHooks
 
-logger = logging.getLogger("channel_layer_pg")
+logger = logging.getLogger("channel_layer_pg.capacity")
 
 SUMMARY_INTERVAL = 10.0
 # A summary names the channels and groups that dropped most; the rest are only counted.
