@@ -17,7 +17,7 @@ from .errors import ChannelFull, DatabaseUnreachableError, LayerClosedError
 from .local import Claimed, ClaimedBuffer
 from .loops import EventLoops
 from .naming import is_process_local, non_local_name, validate_channel_name, validate_group_name
-from .stats import LayerStats, with_held_in_process
+from .stats import LayerStats, check_limit, with_process_figures
 from .store import health, statements
 from .store.backend import LoopBackend
 from .store.stats import collect as collect_stats
@@ -128,14 +128,14 @@ class PostgresChannelLayer(ChannelsInterface):
 
         The lists (channels, processes, groups, listeners) hold the ``limit`` largest.
         """
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError(f"limit must be an int, not {type(limit).__name__}")
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit}")
+        check_limit(limit)
         stats = await self._call(
             lambda backend: collect_stats(backend.fetch, prefix=self.prefix, expiry=self.expiry, limit=limit)
         )
-        return with_held_in_process(stats, self._buffer.count())
+        refused, skipped = self._drops.totals()
+        return with_process_figures(
+            stats, held_in_process=self._buffer.count(), sends_refused=refused, deliveries_skipped=skipped
+        )
 
     # -- channels ---------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from channel_layer_pg import PostgresChannelLayer
-from tests.helpers import TIMEOUT, LayerFactory
+from tests.helpers import TIMEOUT, LayerFactory, channel_layers_setting
 
 pytest.importorskip("django")
 pytest.importorskip("channels")
@@ -239,26 +239,11 @@ class GroupChat(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
 @pytest.fixture
 async def channel_layers(database_url: str, prefix: str) -> AsyncIterator[None]:
-    """CHANNEL_LAYERS naming this layer, as a Django project's settings would."""
-    from channels.layers import get_channel_layer
-    from django.conf import settings
-    from django.test.utils import override_settings
-
-    if not settings.configured:
-        settings.configure()
-    layers = {
-        "default": {
-            "BACKEND": "channel_layer_pg.PostgresChannelLayer",
-            "CONFIG": {"url": database_url, "prefix": prefix, "capacity": 50},
-        }
-    }
-    # Changing CHANNEL_LAYERS makes Channels drop the layers it built before, on entry and exit.
-    with override_settings(CHANNEL_LAYERS=layers):
-        try:
-            yield
-        finally:
-            # Channels never closes its layers; the test closes the one it built.
-            await get_channel_layer().close()
+    config = {"url": database_url, "prefix": prefix, "capacity": 50}
+    async with channel_layers_setting(
+        {"default": {"BACKEND": "channel_layer_pg.PostgresChannelLayer", "CONFIG": config}}
+    ):
+        yield
 
 
 async def test_get_channel_layer_returns_this_layer_as_configured(channel_layers: None) -> None:
