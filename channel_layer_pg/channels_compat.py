@@ -6,7 +6,7 @@ subclasses ``object`` and Channels stays an optional dependency. Either way ever
 attribute BaseChannelLayer defines is defined here, over naming.py and the layer's own
 capacities, so the layer behaves the same with or without Channels and inherits nothing from
 it but the isinstance check. Where behaviour differs from Channels 4.x it is on purpose, and
-listed in docs/how-it-works.md (Channels compatibility).
+listed in docs/guarantees.md (Channels' BaseChannelLayer).
 """
 
 from __future__ import annotations
