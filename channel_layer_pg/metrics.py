@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from .errors import ChannelLayerError
 from .layer import PostgresChannelLayer
-from .stats import LayerStats, check_limit
+from .stats import Backlog, GroupSize, LayerStats, check_limit
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -25,6 +25,7 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+E = TypeVar("E", Backlog, GroupSize)
 Labels = tuple[tuple[str, str], ...]
 Samples = Callable[[LayerStats], Iterable[tuple[Labels, float | None]]]
 
@@ -40,8 +41,8 @@ def _total(value: Callable[[LayerStats], float | None]) -> Samples:
     return lambda stats: [((), value(stats))]
 
 
-def _listed(label: str, entries: Callable[[LayerStats], Iterable[Any]], value: str) -> Samples:
-    return lambda stats: [(((label, entry.name),), getattr(entry, value)) for entry in entries(stats)]
+def _listed(label: str, entries: Callable[[LayerStats], Iterable[E]], value: Callable[[E], float]) -> Samples:
+    return lambda stats: [(((label, entry.name),), value(entry)) for entry in entries(stats)]
 
 
 _FAMILIES = (
@@ -73,13 +74,13 @@ _FAMILIES = (
         "channel_layer_pg_channel_messages",
         "gauge",
         "Messages queued on each of the channels with the most, a group message counting for each recipient.",
-        _listed("channel", lambda stats: stats.channels, "messages"),
+        _listed("channel", lambda stats: stats.channels, lambda backlog: backlog.messages),
     ),
     _Family(
         "channel_layer_pg_channel_oldest_message_age_seconds",
         "gauge",
         "Age of the oldest message on each of the channels with the most messages.",
-        _listed("channel", lambda stats: stats.channels, "oldest_age"),
+        _listed("channel", lambda stats: stats.channels, lambda backlog: backlog.oldest_age),
     ),
     _Family(
         "channel_layer_pg_processes",
@@ -91,13 +92,13 @@ _FAMILIES = (
         "channel_layer_pg_process_messages",
         "gauge",
         "Messages queued for each of the layer instances with the most, by their channels' non-local part.",
-        _listed("queue", lambda stats: stats.processes, "messages"),
+        _listed("queue", lambda stats: stats.processes, lambda backlog: backlog.messages),
     ),
     _Family(
         "channel_layer_pg_process_oldest_message_age_seconds",
         "gauge",
         "Age of the oldest message queued for each of the layer instances with the most messages.",
-        _listed("queue", lambda stats: stats.processes, "oldest_age"),
+        _listed("queue", lambda stats: stats.processes, lambda backlog: backlog.oldest_age),
     ),
     _Family(
         "channel_layer_pg_groups",
@@ -121,7 +122,7 @@ _FAMILIES = (
         "channel_layer_pg_group_members",
         "gauge",
         "Members of each of the largest groups.",
-        _listed("group", lambda stats: stats.groups, "members"),
+        _listed("group", lambda stats: stats.groups, lambda group: group.members),
     ),
     _Family(
         "channel_layer_pg_listen_connections",
