@@ -4,7 +4,7 @@ No Prometheus client library is needed: ``prometheus_text(stats)`` writes the te
 (version 0.0.4) itself, and ``metrics_app(layer)`` serves it. Every sample carries the layer's
 ``prefix`` as a label. The per-channel, per-process and per-group series are the ``limit``
 largest only, beside totals over everything, so a scrape's series stay bounded however many
-channels exist (docs/operations.md, Metrics, lists every metric).
+channels exist (docs/operations.md, "Metrics for Prometheus", lists every metric).
 """
 
 from __future__ import annotations
