@@ -131,6 +131,29 @@ _FAMILIES = (
         _total(lambda stats: stats.listener_count),
     ),
     _Family(
+        "channel_layer_pg_database_writable",
+        "gauge",
+        "1 if the server accepts the layer's writes now; 0 on a standby or when read-only.",
+        _total(lambda stats: int(stats.writable)),
+    ),
+    _Family(
+        "channel_layer_pg_database_in_recovery",
+        "gauge",
+        "1 if the server is a standby in recovery, else 0.",
+        _total(lambda stats: int(stats.in_recovery)),
+    ),
+    _Family(
+        "channel_layer_pg_schema_at_head",
+        "gauge",
+        "1 if the tables are at the migration revision this release needs, else 0 (run migrate).",
+        # Left out when the revision cannot be read: an alert on 0 must not fire for that.
+        _total(
+            lambda stats: (
+                None if stats.schema_revision is None else int(stats.schema_revision == stats.schema_head)
+            )
+        ),
+    ),
+    _Family(
         "channel_layer_pg_held_in_process_messages",
         "gauge",
         "Messages waiting in this layer instance's memory, not in the table.",
@@ -255,7 +278,7 @@ def _escape_help(text: str) -> str:
 
 
 def _number(value: float) -> str:
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if math.isnan(value):
         return "NaN"

@@ -73,6 +73,9 @@ async def test_the_text_reads_back_as_the_stats_it_came_from(make_layer: LayerFa
     assert (refused.type, values(refused)) == ("counter", {"channel_layer_pg_sends_refused_total": 1})
     skipped = families["channel_layer_pg_group_deliveries_skipped"]
     assert values(skipped) == {"channel_layer_pg_group_deliveries_skipped_total": 1}
+    assert values(families["channel_layer_pg_database_writable"], "prefix") == {layer.prefix: 1}
+    assert values(families["channel_layer_pg_database_in_recovery"], "prefix") == {layer.prefix: 0}
+    assert values(families["channel_layer_pg_schema_at_head"], "prefix") == {layer.prefix: 1}
     assert all(sample.labels["prefix"] == layer.prefix for f in families.values() for sample in f.samples)
 
 
@@ -82,7 +85,7 @@ async def test_every_family_has_help_and_type_and_follows_the_naming_rules(
     text = prometheus_text(await (await busy_layer(make_layer)).stats())
     names = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
     helped = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP")]
-    assert names == helped and len(names) == len(set(names)) == 17
+    assert names == helped and len(names) == len(set(names)) == 20
     for line in text.splitlines():
         if line.startswith("# TYPE"):
             _, _, name, kind = line.split()
@@ -117,10 +120,18 @@ def test_label_values_are_escaped() -> None:
         groups=(GroupSize(awkward, 1),),
         listener_count=0,
         listeners=(),
+        writable=False,
+        in_recovery=True,
+        schema_revision=None,
+        schema_head="0002",
     )
     families = parse(prometheus_text(stats))
     assert values(families["channel_layer_pg_channel_messages"], "channel") == {awkward: 1}
     assert values(families["channel_layer_pg_group_members"], "group") == {awkward: 1}
+    assert values(families["channel_layer_pg_database_writable"], "prefix") == {"asgi": 0}
+    assert values(families["channel_layer_pg_database_in_recovery"], "prefix") == {"asgi": 1}
+    # An unknown revision is neither at head nor behind: no sample, rather than a false alarm.
+    assert "channel_layer_pg_schema_at_head" not in families
     # Asked from outside a layer: no process figures, so no such families at all.
     assert "channel_layer_pg_sends_refused" not in families
     assert "channel_layer_pg_held_in_process_messages" not in families
