@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from channel_layer_pg import PostgresChannelLayer
@@ -105,7 +105,7 @@ def test_non_local_name_is_the_part_up_to_the_bang() -> None:
     assert layer.non_local_name("specific.abc!def") == "specific.abc!"
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300)
 @given(
     name=st.one_of(
         st.text(NAME_CHARACTERS, max_size=8),
