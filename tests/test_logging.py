@@ -106,9 +106,9 @@ async def test_a_send_refused_for_capacity_is_logged_with_its_channel(
     await layer.send("test.full", {"type": "fills it"})
     with pytest.raises(ChannelFull):
         await layer.send("test.full", {"type": "refused"})
-    (message,) = messages(caplog, "refused")
+    (message,) = messages(caplog, "send to 'test.full' refused")
     assert "'test.full'" in message and "capacity of 1" in message
-    assert loggers(caplog, "refused") == {"channel_layer_pg.capacity"}
+    assert loggers(caplog, "send to 'test.full' refused") == {"channel_layer_pg.capacity"}
 
 
 async def test_a_flood_of_skipped_members_logs_one_line_then_a_summary_at_close(
@@ -300,7 +300,7 @@ async def test_quieting_the_cleanup_logger_keeps_the_listener_s_and_capacity_s_r
         receiving.cancel()
         await asyncio.gather(receiving, return_exceptions=True)
     assert not messages(caplog, "cleanup removed")
-    assert loggers(caplog, "refused") == {"channel_layer_pg.capacity"}
+    assert loggers(caplog, "send to 'test.full' refused") == {"channel_layer_pg.capacity"}
     assert (
         loggers(caplog, "lost; reconnecting")
         == loggers(caplog, "restored after")
