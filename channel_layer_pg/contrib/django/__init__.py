@@ -1,0 +1,1 @@
+"""Django integration: imported only by Django projects, it needs Django and Channels."""
