@@ -126,7 +126,8 @@ class LayerSpec:
     name: str
     # A reason the layer cannot run here (package or service missing), or None if it can.
     unavailable: Callable[[Services], Awaitable[str | None]]
-    # A fresh layer on the given prefix. Synchronous: constructors must not need a loop.
+    # A fresh layer on the given prefix, made on the event loop that uses it first
+    # (channels_rabbitmq needs a running loop and binds to it); it opens nothing yet.
     make: Callable[[Services, str], Any]
     describe: Callable[[Any], str]
     # Features (NORMAL, LOOPS, SHARED, GROUPS) the layer lacks, each with the reason: a
