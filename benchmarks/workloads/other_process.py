@@ -121,7 +121,10 @@ async def _in_worker(params: dict[str, Any], warm_up: Any, send: Any) -> None:
     commands = await command_reader()
     layer = spec.make(Services.in_worker(), params["prefix"])
     try:
-        await asyncio.wait_for(warm_up(layer), stall)  # connects; the receivers skip warm-ups
+        try:
+            await asyncio.wait_for(warm_up(layer), stall)  # connects; the receivers skip warm-ups
+        except (TimeoutError, asyncio.TimeoutError):
+            raise TimeoutError(f"the warm-up sends did not finish within {stall:g} s") from None
         emit(event="ready")
         if (await next_command(commands, stall + STARTUP_TIMEOUT))["command"] != "go":
             return
@@ -140,7 +143,10 @@ async def local_send_worker(params: dict[str, Any]) -> None:
 
     async def feed(layer: Any, channel: str) -> None:
         for n in range(per):
-            await asyncio.wait_for(layer.send(channel, message(n)), stall)
+            try:
+                await asyncio.wait_for(layer.send(channel, message(n)), stall)
+            except (TimeoutError, asyncio.TimeoutError):
+                raise TimeoutError(f"send {n + 1} of {per} took over {stall:g} s") from None
 
     async def send(layer: Any) -> int:
         await asyncio.gather(*(feed(layer, channel) for channel in channels))
@@ -157,7 +163,10 @@ async def group_send_worker(params: dict[str, Any]) -> None:
 
     async def send(layer: Any) -> int:
         for n in range(sends):
-            await asyncio.wait_for(layer.group_send(group, message(n)), stall)
+            try:
+                await asyncio.wait_for(layer.group_send(group, message(n)), stall)
+            except (TimeoutError, asyncio.TimeoutError):
+                raise TimeoutError(f"group_send {n + 1} of {sends} took over {stall:g} s") from None
         return sends
 
     await _in_worker(params, warm_up, send)
