@@ -45,13 +45,22 @@ async def _round_trip(layer: Any, what: str) -> str | None:
         channel = await asyncio.wait_for(layer.new_channel(), 10)
         await asyncio.wait_for(layer.send(channel, {"type": "bench.check"}), 10)
         await asyncio.wait_for(layer.receive(channel), 10)
+    except (TimeoutError, asyncio.TimeoutError):
+        return f"{what} delivered no message to itself within 10 s (wrong credentials or vhost?)"
     except Exception as exc:
         return f"{what} does not deliver: {type(exc).__name__}: {exc}"
     finally:
+        from .layers import cancelling  # layers imports this module
+
         try:
             await asyncio.wait_for(layer.close(), 15)
         except Exception:
             pass
+        except asyncio.CancelledError:
+            # channels_rabbitmq's close() re-raises the cancellation of a send that waited
+            # for a connection that never came (bad credentials, say).
+            if cancelling():
+                raise
     return None
 
 
