@@ -33,7 +33,7 @@ async def _unreachable(url: str, default_port: int, what: str) -> str | None:
     host, port = parts.hostname or "127.0.0.1", parts.port or default_port
     try:
         _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         return f"{what} at {host}:{port} is not reachable ({type(exc).__name__}: {exc})"
     writer.close()
     return None
@@ -45,7 +45,7 @@ async def _round_trip(layer: Any, what: str) -> str | None:
         channel = await asyncio.wait_for(layer.new_channel(), 10)
         await asyncio.wait_for(layer.send(channel, {"type": "bench.check"}), 10)
         await asyncio.wait_for(layer.receive(channel), 10)
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         return f"{what} delivered no message to itself within 10 s (wrong credentials or vhost?)"
     except Exception as exc:
         return f"{what} does not deliver: {type(exc).__name__}: {exc}"

@@ -338,7 +338,7 @@ async def round_trips(
         try:
             await asyncio.wait_for(arrival(-1), 1.0)
             return
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             pass
         waiting = asyncio.create_task(arrival(-1))
         try:

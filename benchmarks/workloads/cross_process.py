@@ -124,7 +124,7 @@ async def _receive(layer: Any, channel: str, count: int, stall: float) -> None:
         await asyncio.wait_for(layer.send(channel, {"type": WARMUP}), stall)
         try:
             await asyncio.wait_for(subscribed.wait(), 1.0)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             pass
     emit(event="ready")
     try:
