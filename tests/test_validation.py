@@ -187,12 +187,6 @@ async def test_a_custom_serializer_is_held_to_str_keys_too(make_layer: LayerFact
 # -- size ----------------------------------------------------------------------------------------
 
 
-async def test_a_one_megabyte_message_works_by_default(layer: PostgresChannelLayer) -> None:
-    message = {"type": "blob", "data": b"x" * 1_000_000}  # the spec: at least 1 MB must work
-    await layer.send("test.size", message)
-    assert await receive(layer, "test.size") == message
-
-
 async def test_a_message_over_max_message_size_is_refused_by_send_and_group_send(
     layer: PostgresChannelLayer, sql: Sql
 ) -> None:
