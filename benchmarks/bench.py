@@ -2,7 +2,7 @@
 
     python benchmarks/bench.py [--url URL] [--redis URL] [--only ours,redis,...] [--quick] [--vacuum]
                                [--workloads latency,thread,...] [--label TEXT]
-    python benchmarks/bench.py scaling|soak|pgbouncer|plan-drift|stats-backlog|pool-checkout [--help]
+    python benchmarks/bench.py scaling|soak|pgbouncer|plan-drift|stats-backlog|pool-checkout|encode [--help]
 
 Without a subcommand: each comparison workload runs against every selected layer in turn,
 with a fresh layer each time, and one table comes last. A layer whose package or service is
@@ -44,7 +44,7 @@ WORKLOADS = {
     "cross": cross_process.WORKLOADS,
     "sync": sync.WORKLOADS,
 }
-SUBCOMMANDS = ("scaling", "soak", "pgbouncer", "plan-drift", "stats-backlog", "pool-checkout")
+SUBCOMMANDS = ("scaling", "soak", "pgbouncer", "plan-drift", "stats-backlog", "pool-checkout", "encode")
 
 
 async def compare_main(args: argparse.Namespace) -> int:
