@@ -146,6 +146,28 @@ def test_option_values_out_of_range_are_refused_naming_the_option(
         build_config({"url": "postgresql://h/db", option: value})
 
 
+BAD_TIMEOUT = r"OPTIONS\['connect_timeout'\] must be a finite number of seconds > 0"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("OPTIONS", {"connect_timeout": "inf"}, BAD_TIMEOUT),
+        ("OPTIONS", {"connect_timeout": "soon"}, BAD_TIMEOUT),
+        ("OPTIONS", {"connect_timeout": -1}, BAD_TIMEOUT),
+        ("PORT", "99999", "PORT must be a number from 1 to 65535"),
+        ("PORT", 0, "PORT must be a number from 1 to 65535"),
+    ],
+)
+def test_bad_django_numbers_name_the_key(key: str, value: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build_config({"NAME": "app", key: value})
+
+
+def test_django_connect_timeout_may_be_a_string_as_libpq_takes_it() -> None:
+    assert build_config({"NAME": "app", "OPTIONS": {"connect_timeout": "7"}}).connect_args == {"timeout": 7.0}
+
+
 def test_max_message_size_defaults_to_one_mebibyte_and_none_lifts_it() -> None:
     assert build_config({"url": "postgresql://h/db"}).codec.max_message_size == 2**20
     assert build_config({"url": "postgresql://h/db", "max_message_size": None}).codec.max_message_size is None
