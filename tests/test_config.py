@@ -156,7 +156,7 @@ BAD_TIMEOUT = r"OPTIONS\['connect_timeout'\] must be a finite number of seconds 
         ("OPTIONS", {"connect_timeout": "soon"}, BAD_TIMEOUT),
         ("OPTIONS", {"connect_timeout": -1}, BAD_TIMEOUT),
         ("PORT", "99999", "PORT must be a number from 1 to 65535"),
-        ("PORT", 0, "PORT must be a number from 1 to 65535"),
+        ("PORT", -1, "PORT must be a number from 1 to 65535"),
     ],
 )
 def test_bad_django_numbers_name_the_key(key: str, value: object, match: str) -> None:
