@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,6 +70,8 @@ def url_from_django(django: Mapping[str, Any]) -> tuple[URL, dict[str, Any]]:
         port_number = int(port) if port is not None else None
     except ValueError:
         raise ValueError(f"PORT must be a number, not {port!r}") from None
+    if port_number is not None and not 0 < port_number < 65536:
+        raise ValueError(f"PORT must be a number from 1 to 65535, not {port!r}")
     url = URL.create(
         "postgresql+asyncpg",
         username=django.get("USER") or None,
@@ -83,7 +86,7 @@ def url_from_django(django: Mapping[str, Any]) -> tuple[URL, dict[str, Any]]:
         if key == "sslmode":
             connect_args["ssl"] = value
         elif key == "connect_timeout":
-            connect_args["timeout"] = float(value)
+            connect_args["timeout"] = _connect_timeout(value)
         elif key == "application_name":
             server_settings["application_name"] = str(value)
         elif key in _IGNORED_DJANGO_OPTIONS:
@@ -96,3 +99,13 @@ def url_from_django(django: Mapping[str, Any]) -> tuple[URL, dict[str, Any]]:
     if server_settings:
         connect_args["server_settings"] = server_settings
     return url, connect_args
+
+
+def _connect_timeout(value: object) -> float:
+    try:
+        seconds = float(value)  # type: ignore[arg-type]  # libpq's is a str or an int
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"OPTIONS['connect_timeout'] must be a finite number of seconds > 0, not {value!r}")
+    return seconds
