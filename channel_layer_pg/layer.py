@@ -298,7 +298,7 @@ class PostgresChannelLayer(ChannelsInterface):
             self._config,
             layer_token=self.client_prefix,
             layer_closed=self._closed,
-            layer_identity=lambda: self._call(layer_identity),
+            layer_identity=lambda: self._call(lambda backend: layer_identity(backend, self._config.schema)),
         )
 
     async def _call(self, operation: Operation[T]) -> T:
