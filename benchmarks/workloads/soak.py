@@ -14,14 +14,16 @@ for ``--duration`` seconds, sends about ``--rate`` messages a second:
 - a trickle to ``soak.nobody``, which nobody reads, through a second layer with a short
   expiry: the table stays bounded only if expired rows are cleaned up.
 
-Receive loops run all along, and a fraction of receives is cancelled by a short timeout, as
-when consumers stop in a Channels application. Once every sender has stopped, the receivers
-drain until nothing has arrived for a few seconds. Every 5 s this process prints the layer's
-server connections, this run's rows (in soak.work, in process-local queues, in soak.nobody,
-and those past their expiry), the whole table's dead rows and MB, the machine's busy share,
-the cores used by the layer's PostgreSQL sessions (pg, with the server on this machine) and
-by the workers (apps), and each worker's RSS in MB. At the end it counts what was sent,
-expected, received, lost, duplicated and reordered, per kind.
+A send that raises is sent again after RETRY_AFTER s, as an application would; each failure is
+counted by type, and a duplicate of a retried send (stored, though its caller heard of an
+error) is counted apart. Receive loops run all along, and a fraction of receives is cancelled
+by a short timeout, as when consumers stop in a Channels application. Once every sender has
+stopped, the receivers drain until nothing has arrived for a few seconds. Every 5 s this
+process prints the layer's server connections, this run's rows (in soak.work, in process-local
+queues, in soak.nobody, and those past their expiry), the whole table's dead rows and MB, the
+machine's busy share, the cores used by the layer's PostgreSQL sessions (pg, with the server on
+this machine) and by the workers (apps), and each worker's RSS in MB. At the end it counts what
+was sent, expected, received, lost, duplicated and reordered, per kind.
 
 Exit status 0 if nothing was lost, duplicated or reordered and every worker finished, else 1.
 Without --url a throwaway embedded PostgreSQL is started, migrated and always stopped.
