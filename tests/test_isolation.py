@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from channel_layer_pg import PostgresChannelLayer, migrate
+from channel_layer_pg import PostgresChannelLayer, SchemaMissingError, migrate
 from channel_layer_pg.database_url import asyncpg_url
 from tests.conftest import connect
 from tests.helpers import TIMEOUT, LayerFactory, nothing_arrives, receive
@@ -172,3 +172,12 @@ async def test_migrating_a_schema_keeps_its_own_history(database_url: str, tenan
 def test_schema_must_be_a_postgresql_identifier(value: object, error: type[Exception]) -> None:
     with pytest.raises(error, match="schema"):
         PostgresChannelLayer(url="postgresql://localhost/db", schema=value)
+
+
+async def test_a_schema_not_migrated_is_named_with_the_command_that_creates_it(
+    make_layer: LayerFactory,
+) -> None:
+    layer = make_layer(schema="clpg_never_migrated")
+    named = r"schema 'clpg_never_migrated' .* --schema clpg_never_migrated"
+    with pytest.raises(SchemaMissingError, match=named):
+        await layer.check()
