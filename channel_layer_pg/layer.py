@@ -112,7 +112,10 @@ class PostgresChannelLayer(ChannelsInterface):
         started = time.perf_counter()
         try:
             found = await asyncio.wait_for(
-                self._call(lambda backend: health.read(backend.fetch, probe_writes=True)), timeout
+                self._call(
+                    lambda backend: health.read(backend.fetch, probe_writes=True, schema=self._config.schema)
+                ),
+                timeout,
             )
         except TimeoutError:
             raise DatabaseUnreachableError(
@@ -130,7 +133,9 @@ class PostgresChannelLayer(ChannelsInterface):
         """
         check_limit(limit)
         stats = await self._call(
-            lambda backend: collect_stats(backend.fetch, prefix=self.prefix, expiry=self.expiry, limit=limit)
+            lambda backend: collect_stats(
+                backend.fetch, prefix=self.prefix, expiry=self.expiry, limit=limit, schema=self._config.schema
+            )
         )
         refused, skipped = self._drops.totals()
         return with_process_figures(

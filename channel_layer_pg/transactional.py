@@ -21,7 +21,7 @@ from .config import LayerConfig
 from .errors import LayerClosedError, SchemaMissingError
 from .store import statements
 from .store.driver_errors import MIGRATE_HINT, schema_missing, translate
-from .store.schema import message_table_name, schema_translation
+from .store.schema import message, regclass_name, schema_translation
 
 if TYPE_CHECKING:
     from .store.backend import LoopBackend
@@ -43,7 +43,7 @@ class DatabaseIdentity(NamedTuple):
 
 async def layer_identity(backend: LoopBackend, schema: str | None) -> DatabaseIdentity:
     """The identity of the layer's own database, read on one of its pooled connections."""
-    table = {"table": message_table_name(schema)}
+    table = {"table": regclass_name(message.name, schema)}
     (row,) = await backend.fetch(statements.DATABASE_IDENTITY, table)
     return DatabaseIdentity(row["system"], row["database"], row["message_table"])
 
@@ -160,7 +160,7 @@ async def _async_connection(connection: object) -> AsyncConnection:
 async def _check_same_database(conn: AsyncConnection, config: LayerConfig, layer: DatabaseIdentity) -> None:
     if layer.message_table is None:
         raise schema_missing(config)
-    table = {"table": message_table_name(config.schema)}
+    table = {"table": regclass_name(message.name, config.schema)}
     row = (await conn.execute(statements.DATABASE_IDENTITY, table)).one()
     theirs = DatabaseIdentity(row.system, row.database, row.message_table)
     if (theirs.system, theirs.database) != (layer.system, layer.database):

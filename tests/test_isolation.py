@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from channel_layer_pg import PostgresChannelLayer, SchemaMissingError, migrate
+from channel_layer_pg import PostgresChannelLayer, SchemaMissingError, SchemaOutdatedError, migrate
 from channel_layer_pg.database_url import asyncpg_url
 from tests.conftest import connect
 from tests.helpers import TIMEOUT, LayerFactory, nothing_arrives, receive
@@ -181,3 +181,23 @@ async def test_a_schema_not_migrated_is_named_with_the_command_that_creates_it(
     named = r"schema 'clpg_never_migrated' .* --schema clpg_never_migrated"
     with pytest.raises(SchemaMissingError, match=named):
         await layer.check()
+
+
+async def test_ping_and_stats_read_the_schemas_own_revision(
+    make_layer: LayerFactory, database_url: str
+) -> None:
+    # The search_path's tables are at head; this schema's are not, and that is what counts.
+    schema = f"clpg_old_{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(migrate, database_url, "0002", schema=schema)
+    try:
+        layer = make_layer(schema=schema)
+        with pytest.raises(SchemaOutdatedError, match="0002"):
+            await layer.ping()
+        assert (await layer.stats()).schema_revision == "0002"
+        await layer.close()
+    finally:
+        admin = await connect(database_url)
+        try:
+            await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        finally:
+            await admin.close()

@@ -46,8 +46,8 @@ def schema_translation(schema: str | None) -> dict[str | None, str] | None:
     return None if schema is None else {None: schema}
 
 
-def message_table_name(schema: str | None) -> str:
-    """The message table's name as to_regclass() reads it, qualified by ``schema`` if given."""
+def regclass_name(table_name: str, schema: str | None) -> str:
+    """``table_name`` as to_regclass() reads it, qualified by ``schema`` if given."""
     if schema is None:
-        return message.name
-    return '"' + schema.replace('"', '""') + '".' + message.name
+        return table_name
+    return '"' + schema.replace('"', '""') + '".' + table_name
