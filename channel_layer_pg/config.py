@@ -25,6 +25,7 @@ OPTION_NAMES = (
     "listen_url",
     "engine",
     "prefix",
+    "schema",
     "expiry",
     "group_expiry",
     "capacity",
@@ -89,6 +90,10 @@ class LayerConfig:
     slow_statement_threshold: float = 1.0
     # A seam for the layer's own tests of failures and races (see faults.py); None in use.
     fault_hooks: FaultHooks | None = None
+    # The PostgreSQL schema that holds the layer's tables (None: whichever search_path finds).
+    # With a role per schema, PostgreSQL's privileges keep one application's messages from
+    # another's; a prefix alone does not (see docs/isolation.md).
+    schema: str | None = None
 
     @property
     def behind_pooler(self) -> bool:
@@ -212,6 +217,7 @@ def build_config(options: Mapping[str, Any]) -> LayerConfig:
             "slow_statement_threshold", options.get("slow_statement_threshold", 1)
         ),
         fault_hooks=_fault_hooks(options.get("fault_hooks")),
+        schema=_schema(options.get("schema")),
     )
 
 
@@ -264,6 +270,17 @@ def _expiry(value: object) -> timedelta:
 def _group_expiry(value: object) -> timedelta | None:
     seconds = _seconds("group_expiry", value, allow_zero=True)
     return timedelta(seconds=seconds) if seconds else None  # 0: memberships never lapse
+
+
+def _schema(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"schema must be a str naming a PostgreSQL schema, not {value!r}")
+    # PostgreSQL truncates longer identifiers, so two long names could name one schema.
+    if not value or len(value.encode()) > 63 or "\x00" in value:
+        raise ValueError(f"schema must be a PostgreSQL identifier of 1 to 63 bytes, not {value!r}")
+    return value
 
 
 def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:

@@ -151,7 +151,10 @@ class PostgresChannelLayer(ChannelsInterface):
         started = time.perf_counter()
         try:
             found = await asyncio.wait_for(
-                self._call(lambda backend: health.read(backend.fetch, probe_writes=True)), timeout
+                self._call(
+                    lambda backend: health.read(backend.fetch, probe_writes=True, schema=self._config.schema)
+                ),
+                timeout,
             )
         except TimeoutError:
             raise DatabaseUnreachableError(
@@ -169,7 +172,9 @@ class PostgresChannelLayer(ChannelsInterface):
         """
         check_limit(limit)
         stats = await self._call(
-            lambda backend: collect_stats(backend.fetch, prefix=self.prefix, expiry=self.expiry, limit=limit)
+            lambda backend: collect_stats(
+                backend.fetch, prefix=self.prefix, expiry=self.expiry, limit=limit, schema=self._config.schema
+            )
         )
         refused, skipped = self._drops.totals()
         return with_process_figures(
@@ -339,7 +344,7 @@ class PostgresChannelLayer(ChannelsInterface):
             self._config,
             layer_token=self.client_prefix,
             layer_closed=self._closed,
-            layer_identity=lambda: self._call(layer_identity),
+            layer_identity=lambda: self._call(lambda backend: layer_identity(backend, self._config.schema)),
         )
 
     async def _call(self, operation: Operation[T]) -> T:

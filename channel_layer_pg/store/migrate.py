@@ -23,7 +23,7 @@ def migrations_directory() -> Path:
     raise FileNotFoundError(f"the channel_layer_pg migrations are missing from {_PACKAGE}")
 
 
-def alembic_config(url: str | URL) -> object:
+def alembic_config(url: str | URL, *, schema: str | None = None) -> object:
     from alembic.config import Config
 
     database_url, _ = asyncpg_url(url)
@@ -31,6 +31,8 @@ def alembic_config(url: str | URL) -> object:
     config.set_main_option("script_location", str(migrations_directory()))
     # Kept as an attribute, not a main option: configparser would mangle '%' in passwords.
     config.attributes["url"] = database_url
+    if schema is not None:
+        config.attributes["schema"] = schema
     return config
 
 
@@ -54,14 +56,16 @@ def migration_head() -> str:
     return head
 
 
-def migrate(url: str | URL, revision: str = "head") -> None:
+def migrate(url: str | URL, revision: str = "head", *, schema: str | None = None) -> None:
     """Bring the layer's tables at ``url`` to ``revision`` (``head`` by default).
 
-    Safe to call from inside a running event loop: Alembic runs in a thread of its own then.
+    ``schema``: the tables (and their version table) go in this PostgreSQL schema, created if
+    missing; a layer given the same ``schema`` option uses them. Safe to call from inside a
+    running event loop: Alembic runs in a thread of its own then.
     """
     from alembic import command
 
-    config = alembic_config(url)
+    config = alembic_config(url, schema=schema)
 
     def upgrade() -> None:
         command.upgrade(config, revision)  # type: ignore[arg-type]
@@ -69,10 +73,10 @@ def migrate(url: str | URL, revision: str = "head") -> None:
     _outside_event_loop(upgrade)
 
 
-def downgrade(url: str | URL, revision: str = "base") -> None:
+def downgrade(url: str | URL, revision: str = "base", *, schema: str | None = None) -> None:
     from alembic import command
 
-    config = alembic_config(url)
+    config = alembic_config(url, schema=schema)
     _outside_event_loop(lambda: command.downgrade(config, revision))  # type: ignore[arg-type]
 
 
