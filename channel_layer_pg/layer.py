@@ -16,7 +16,13 @@ from .droplog import DropLog
 from .errors import ChannelFull, DatabaseUnreachableError, LayerClosedError
 from .local import Claimed, ClaimedBuffer
 from .loops import EventLoops
-from .naming import is_process_local, non_local_name, validate_channel_name, validate_group_name
+from .naming import (
+    is_process_local,
+    new_process_id,
+    non_local_name,
+    validate_channel_name,
+    validate_group_name,
+)
 from .stats import LayerStats, with_held_in_process
 from .store import statements
 from .store.backend import LoopBackend
@@ -49,7 +55,8 @@ class PostgresChannelLayer:
         self.group_expiry = self._config.group_expiry.total_seconds() if self._config.group_expiry else 0
         self.capacity = self._config.capacity
         # Names this instance alone may receive on end their non-local part with this.
-        self.client_prefix = secrets.token_hex(6)
+        # Also names its liveness lock (naming.liveness_lock_key), held while it lives.
+        self.client_prefix = new_process_id()
         self._own_queue_suffix = f".{self.client_prefix}!"
         self._buffer = ClaimedBuffer()
         # Long-lived loops are served directly, each with its own connections; async_to_sync's
@@ -191,7 +198,15 @@ class PostgresChannelLayer:
             statement = statements.GROUP_ADD
             extra = {"member_expires_at_interval": self._config.group_expiry}
         parameters = {"prefix": self.prefix, "group": group, "channel": channel, **extra}
-        await self._call(lambda backend: backend.execute(statement, parameters))
+        # Other processes' cleanup removes the memberships of a process that holds no lock.
+        own = self._owns(non_local_name(channel))
+
+        async def add(backend: LoopBackend) -> None:
+            if own:
+                await backend.hold_liveness()
+            await backend.execute(statement, parameters)
+
+        await self._call(add)
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove ``channel`` from ``group``; removing a channel that is not there is fine.
@@ -255,7 +270,13 @@ class PostgresChannelLayer:
     # -- routing to the backend of the calling event loop -----------------------------------
 
     def _new_backend(self, use_given_engine: bool) -> LoopBackend:
-        return LoopBackend(self._config, self._buffer, self._wake_readers, use_given_engine=use_given_engine)
+        return LoopBackend(
+            self._config,
+            self._buffer,
+            self._wake_readers,
+            process_id=self.client_prefix,
+            use_given_engine=use_given_engine,
+        )
 
     def _owns(self, queue: str) -> bool:
         """Whether ``queue`` holds process-local channels that this instance made."""

@@ -18,11 +18,12 @@ from sqlalchemy.sql.base import Executable
 
 from ..config import LayerConfig
 from ..local import Claimed, ClaimedBuffer
-from ..naming import is_process_local, topic_for
+from ..naming import is_process_local, liveness_lock_key, topic_for
 from . import statements
 from .claims import QueueReader
 from .db import StatementRunner, create_engine, create_listen_engine
 from .listener import Listener
+from .liveness import DeadProcesses
 from .sendbatch import PendingSend, SendBatcher
 
 logger = logging.getLogger("channel_layer_pg")
@@ -37,6 +38,7 @@ class LoopBackend:
         buffer: ClaimedBuffer,
         on_buffered: Callable[[str], None],
         *,
+        process_id: str,
         use_given_engine: bool,
     ) -> None:
         self._config = config
@@ -50,9 +52,14 @@ class LoopBackend:
         # LISTEN through a transaction pooler would hear nothing: with listen_url set, the
         # listener connects there, directly to PostgreSQL.
         self._listen_engine = create_listen_engine(config)
-        self._listener = Listener(self._listen_engine or self.engine, config, self._notify)
+        self._listener = Listener(
+            self._listen_engine or self.engine, config, self._notify, liveness_lock_key(process_id)
+        )
         self._readers: dict[str, QueueReader] = {}
         self._cleanup_task: asyncio.Task[None] | None = None
+        self._dead = DeadProcesses()
+        hooks = config.fault_hooks
+        self._cleanup_interval = (hooks and hooks.cleanup_interval) or CLEANUP_INTERVAL
 
     async def fetch(self, statement: Executable, parameters: dict[str, Any]) -> list[Any]:
         return await self._statements.fetch(statement, parameters)
@@ -102,7 +109,15 @@ class LoopBackend:
 
     async def receive(self, queue: str, channel: str) -> Claimed:
         self._ensure_cleanup()
+        if is_process_local(queue):
+            # The layer's own queue (layer.receive refuses others'): its rows stay while it lives.
+            await self._listener.hold()
         return await self._reader(queue).receive(channel)
+
+    async def hold_liveness(self) -> None:
+        """Hold this process's liveness lock from now on (see Listener.hold)."""
+        self._ensure_cleanup()
+        await self._listener.hold()
 
     def _reader(self, queue: str) -> QueueReader:
         reader = self._readers.get(queue)
@@ -221,12 +236,27 @@ class LoopBackend:
 
     async def _clean_periodically(self) -> None:
         while True:
-            await asyncio.sleep(CLEANUP_INTERVAL)
+            await asyncio.sleep(self._cleanup_interval)
             self._buffer.drop_expired()
             try:
                 await self.delete_expired()
+                await self._remove_dead()
             except Exception as exc:
                 logger.warning("removing expired rows failed: %s", exc)
+
+    async def _remove_dead(self) -> None:
+        started = time.perf_counter()
+        dead, memberships, messages = await self._dead.remove(
+            self.fetch, self.execute, self._cleanup_interval
+        )
+        if dead:
+            logger.info(
+                "cleanup removed %d group memberships and %d queued messages of %d dead processes in %.3f s",
+                memberships,
+                messages,
+                dead,
+                time.perf_counter() - started,
+            )
 
     async def delete_expired(self) -> int:
         """Remove expired messages and lapsed memberships in bounded batches; rows removed."""
