@@ -128,7 +128,8 @@ async def test_killed_process_loses_its_memberships_and_queue_within_two_passes(
     await child.wait()
 
     async def cleaned() -> bool:
-        return await memberships(sql, prefix, [waiting, idle]) == 0 and await queued(sql, prefix, dead_queue) == 0
+        members_left = await memberships(sql, prefix, [waiting, idle])
+        return members_left == 0 and await queued(sql, prefix, dead_queue) == 0
 
     await wait_until(cleaned, "the killed process's memberships and queued messages are removed")
     assert await memberships(sql, prefix, [mine]) == 1
