@@ -197,7 +197,7 @@ async def test_a_loop_that_ends_without_closing_the_layer_closes_its_connections
     await app.run(layer.send("test.ending", {"type": "x"}))
     assert await app.run(layer.receive("test.ending")) == {"type": "x"}  # LISTENs too
     assert await sessions(sql) > before
-    with caplog.at_level(logging.INFO, logger="channel_layer_pg"):
+    with caplog.at_level(logging.DEBUG, logger="channel_layer_pg"):
         await app.stop()
     assert layer.direct_loops == 0
     assert "ended before the channel layer was closed" in caplog.text

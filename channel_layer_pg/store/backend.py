@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -171,6 +172,29 @@ class LoopBackend:
         if self._owns_engine:
             await self.engine.dispose()
 
+    def abandon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """``loop`` was closed under the layer (no asyncio.run ending, no close()): let go quietly.
+
+        Its connections are dropped without it, and the tasks left pending on it (the cleanup,
+        readers) are ones asyncio would report as "destroyed but pending" when collected: the
+        loop's exception handler is told to pass over those of this package. Nothing runs on a
+        closed loop again, so the handler serves only such reports.
+        """
+        self._listener.abandon()
+        self._statements.abandon()
+        previous = loop.get_exception_handler()
+
+        def handler(closed: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            task = context.get("task")
+            if isinstance(task, asyncio.Task) and _is_ours(task):
+                return
+            if previous is not None:
+                previous(closed, context)
+            else:
+                closed.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)
+
     async def put_back(self, rows: Sequence[Claimed]) -> None:
         """Return claimed messages of normal channels that no receive took to the table.
 
@@ -290,3 +314,14 @@ class LoopBackend:
         reader = self._readers.get(queue)
         if reader is not None:
             reader.serve_buffered()
+
+
+# The package's directory: a task whose coroutine's code lives under it is the layer's.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _is_ours(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` runs a coroutine of this package (the layer's own tasks)."""
+    # By its code, not its frame: a coroutine collected before its task has no frame left.
+    code = getattr(task.get_coro(), "cr_code", None)
+    return code is not None and os.path.abspath(code.co_filename).startswith(_PACKAGE_DIR)

@@ -167,6 +167,17 @@ class Listener:
             await self._drop_connection()
         self._wakers.clear()
 
+    def abandon(self) -> None:
+        """The loop was closed under the layer: drop the connection without it (pool.abandon)."""
+        self._closed = True
+        driver, self._conn, self._driver = self._driver, None, None
+        if driver is not None:
+            try:
+                # Out of SQLAlchemy's pool already (detached): only asyncpg's side to mark.
+                driver.terminate()
+            except RuntimeError:
+                pass  # it could not schedule the transport's close on the closed loop
+
     async def _ensure_connected(self) -> None:
         if self._driver is not None and not self._driver.is_closed():
             return
