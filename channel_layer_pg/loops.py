@@ -26,8 +26,9 @@ Which loops are served directly (EventLoops.route):
 A loop that ends without the layer being closed gives its connections back as it ends:
 ``asyncio.run`` (and asyncio.Runner, uvloop.run, pytest-asyncio) closes every live async
 generator of the loop before closing it, and each backend keeps one suspended on its loop
-for that. A loop closed without that step (``loop.close()`` alone) leaves its connections
-abandoned; the next backend made for a loop, or close(), notices, logs it and drops them.
+for that. A loop closed without that step (``loop.close()`` alone) can run nothing more; the
+next backend made for a loop, or close(), notices and lets its backend go without it
+(LoopBackend.abandon). Either way one DEBUG line: both are routine in scripts and tests.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ to any role, without taking any: the check never gets in the way of an owner re-
 lock after a reconnect, as pg_try_advisory_lock from the cleaner would.
 
 A process's rows are found by name: its process-local channels are ``<prefix>.<id>!<local>``
-and its queue ``<prefix>.<id>!``, where ``<id>`` is the 13 characters before the ``!``.
+and its queue ``<prefix>.<id>!``: ``.<id>`` is the 14 characters before the ``!``.
 Normal channels (no ``!``) have no owning process and are never touched here.
 
 Written as SQL text: bit arithmetic on pg_locks' columns reads better there than in Core.
@@ -58,9 +58,12 @@ LOCKLESS_OWNERS = text(
 
 # Each removes a batch of a dead process's rows; ``dead`` are ids found lockless before, and
 # each statement checks again, in itself, that no lock has appeared since (a process that was
-# reconnecting, or just starting), so a live process never loses a row.
+# reconnecting, or just starting), so a live process never loses a row. ARRAY(...) makes that
+# check one initplan, run once per statement rather than once per row. The ORDER BY walks the
+# index: with enable_seqscan off (store/db.py) a sequential scan is priced so high that
+# PostgreSQL would JIT-compile the statement, measured at 0.8 s of 1 s.
 _STILL_DEAD = f"""
-    SELECT d.process FROM unnest(CAST(:dead AS text[])) AS d(process)
+    SELECT '.' || d.process FROM unnest(CAST(:dead AS text[])) AS d(process)
     WHERE d.process NOT IN ({_LIVE})
 """
 DELETE_DEAD_MEMBERS = text(
@@ -69,7 +72,8 @@ DELETE_DEAD_MEMBERS = text(
     USING (
         SELECT m.prefix, m.group_name, m.channel FROM channel_layer_pg_group_member m
         WHERE strpos(m.channel, '!') > 14
-          AND right(left(m.channel, strpos(m.channel, '!') - 1), 13) IN ({_STILL_DEAD})
+          AND right(left(m.channel, strpos(m.channel, '!') - 1), 14) = ANY(ARRAY({_STILL_DEAD}))
+        ORDER BY m.prefix, m.group_name, m.channel
         LIMIT {CLEANUP_BATCH} FOR UPDATE SKIP LOCKED
     ) gone
     WHERE g.prefix = gone.prefix AND g.group_name = gone.group_name AND g.channel = gone.channel
@@ -80,7 +84,8 @@ DELETE_DEAD_MESSAGES = text(
     DELETE FROM channel_layer_pg_message
     WHERE id IN (
         SELECT q.id FROM channel_layer_pg_message q
-        WHERE q.queue LIKE '%!' AND right(left(q.queue, -1), 13) IN ({_STILL_DEAD})
+        WHERE q.queue LIKE '%!' AND right(left(q.queue, -1), 14) = ANY(ARRAY({_STILL_DEAD}))
+        ORDER BY q.prefix, q.queue, q.id
         LIMIT {CLEANUP_BATCH} FOR UPDATE SKIP LOCKED
     )
     """
