@@ -111,8 +111,9 @@ class LoopBackend:
     async def receive(self, queue: str, channel: str) -> Claimed:
         self._ensure_cleanup()
         if is_process_local(queue):
-            # The layer's own queue (layer.receive refuses others'): its rows stay while it lives.
-            await self._listener.hold()
+            # The layer's own queue (layer.receive refuses others'): its rows stay while it
+            # lives. Its reader's LISTEN opens the connection.
+            self._listener.keep_open()
         return await self._reader(queue).receive(channel)
 
     async def hold_liveness(self) -> None:

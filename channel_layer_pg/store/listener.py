@@ -115,8 +115,8 @@ class Listener:
                     logger.debug("UNLISTEN %s failed; connection already gone", topic)
             self._close_when_unused()
 
-    async def hold(self) -> None:
-        """Keep the connection, and with it the liveness lock, open until close(); connect now.
+    def keep_open(self) -> None:
+        """Keep the connection, once open, and with it the liveness lock, until close().
 
         A process's group memberships and queued rows are removed once no session holds its
         lock (store/liveness.py), so a layer that has put its process-local channels in
@@ -126,8 +126,14 @@ class Listener:
         if self._unused_timer is not None:
             self._unused_timer.cancel()
             self._unused_timer = None
+
+    async def hold(self) -> None:
+        """keep_open(), and connect now if not connected (nor reconnecting already)."""
+        self.keep_open()
         if self._driver is not None and not self._driver.is_closed():
             return
+        if self._reconnect_task is not None and not self._reconnect_task.done():
+            return  # it takes the lock again as it reconnects
         async with self._lock:
             await self._ensure_connected()
 
