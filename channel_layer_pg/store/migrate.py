@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from pathlib import Path
 
@@ -31,6 +32,26 @@ def alembic_config(url: str | URL) -> object:
     # Kept as an attribute, not a main option: configparser would mangle '%' in passwords.
     config.attributes["url"] = database_url
     return config
+
+
+@functools.cache
+def migration_revisions() -> frozenset[str]:
+    """Every revision of the layer's migrations this release ships."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory(str(migrations_directory()))
+    return frozenset(script.revision for script in scripts.walk_revisions())
+
+
+@functools.cache
+def migration_head() -> str:
+    """The revision the tables must be at for this release's statements."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(migrations_directory())).get_current_head()
+    if head is None:  # pragma: no cover - the package always ships its migrations
+        raise FileNotFoundError(f"no migrations in {migrations_directory()}")
+    return head
 
 
 def migrate(url: str | URL, revision: str = "head") -> None:
@@ -76,4 +97,12 @@ def _outside_event_loop(work: object) -> None:
         raise failure[0]
 
 
-__all__ = ["URL_ENV_VAR", "alembic_config", "downgrade", "migrate", "migrations_directory"]
+__all__ = [
+    "URL_ENV_VAR",
+    "alembic_config",
+    "downgrade",
+    "migrate",
+    "migration_head",
+    "migration_revisions",
+    "migrations_directory",
+]
