@@ -8,6 +8,7 @@ from sqlalchemy.engine import make_url
 
 from channel_layer_pg import DatabaseUnreachableError
 from channel_layer_pg.embedded import EmbeddedPostgres
+from channel_layer_pg.naming import LISTENER_APPLICATION_NAME
 from tests.helpers import TIMEOUT, LayerFactory, Sql, receive, without_the_poll
 
 LAYER_SESSIONS = (
@@ -18,7 +19,7 @@ LAYER_SESSIONS = (
 
 async def kill_layer_sessions(sql: Sql, *, only_listeners: bool = False, role: str | None = None) -> int:
     """Terminate the layer's server sessions, as a restart would, and wait until they are gone."""
-    condition = " AND query LIKE 'LISTEN%'" if only_listeners else ""
+    condition = f" AND application_name LIKE '{LISTENER_APPLICATION_NAME}%'" if only_listeners else ""
     if role is not None:
         condition += f" AND usename = '{role}'"
     pids = [row["pid"] for row in await sql(f"SELECT pid {LAYER_SESSIONS}{condition}")]
@@ -31,10 +32,18 @@ async def kill_layer_sessions(sql: Sql, *, only_listeners: bool = False, role: s
     return len(pids)
 
 
+# A listener session whose last statement LISTENed to a queue's topic: connected, its one
+# delivery check (a LISTEN and UNLISTEN of a topic of its own) behind it.
+LISTENING = (
+    f"SELECT count(*) AS n {LAYER_SESSIONS} AND application_name LIKE '{LISTENER_APPLICATION_NAME}%' "
+    "AND state = 'idle' AND query LIKE 'LISTEN%' AND query NOT LIKE '%channel_layer_pg_check_%'"
+)
+
+
 async def listening(sql: Sql) -> None:
     async with asyncio.timeout(TIMEOUT):
         # Polling the server for an observable state, bounded: no event exists for it.
-        while not (await sql(f"SELECT count(*) AS n {LAYER_SESSIONS} AND query LIKE 'LISTEN%'"))[0]["n"]:  # noqa: ASYNC110
+        while not (await sql(LISTENING))[0]["n"]:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
 
