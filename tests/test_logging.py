@@ -83,17 +83,18 @@ async def blocked_by(sql: Sql, blocker: asyncpg.Connection) -> None:
 
 async def kill_listener(layer: PostgresChannelLayer, sql: Sql, logged: Awaited) -> None:
     """Terminate the layer's listen session once a waiting receive opened it; wait for its return."""
+    # Connected and past its connect-time delivery check (a LISTEN and UNLISTEN of a topic of
+    # its own): killed before that, a receive's retry reconnects it, with nothing to log.
+    listening = (
+        "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'idle' "
+        "AND query LIKE 'LISTEN%' AND query NOT LIKE '%channel_layer_pg_check_%'"
+    )
     async with asyncio.timeout(TIMEOUT):
         # Polling the server for an observable state, bounded: no event exists for it.
         while not (stats := await layer.stats()).listeners:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-    # The session shows before the listener has finished connecting (it checks once that a
-    # NOTIFY reaches it); killed then, a receive's retry reconnects it, with nothing to log.
-    # A message woken by a NOTIFY proves the listener is up.
-    proof = asyncio.create_task(layer.receive("test.listening"))
-    await asyncio.sleep(0.05)  # the proof's receive starts waiting; a NOTIFY or its poll delivers
-    await layer.send("test.listening", {"type": "proof"})
-    await asyncio.wait_for(proof, TIMEOUT)
+        while not await sql(listening, stats.listeners[0].pid):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
     restored = logged.expect("restored after")
     await sql("SELECT pg_terminate_backend($1)", stats.listeners[0].pid)
     await restored()
