@@ -144,11 +144,7 @@ class HeldConnections:
         Statements still in flight (shielded claims and sends whose callers were cancelled)
         finish first: a connection returned after the engine is disposed would never close.
         """
-        self._closed = True
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        idle, self._idle = self._idle, []
+        idle = self._stop()
         for held in idle:
             await self._give_back(held)
         if self._closing_expired:
@@ -167,13 +163,18 @@ class HeldConnections:
         closed loop and log an error) and marked aborted, so nothing complains at collection.
         Its socket closes when it is collected, and the server ends the session then.
         """
+        idle = self._stop()
+        for held in idle:
+            abandon_connection(held.connection, held.driver)
+
+    def _stop(self) -> list[Held]:
+        """Take no more connections and stop expiring idle ones; the idle ones, now the caller's."""
         self._closed = True
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
         idle, self._idle = self._idle, []
-        for held in idle:
-            abandon_connection(held.connection, held.driver)
+        return idle
 
     async def _give_back(self, held: Held) -> None:
         # To the engine's pool: a NullPool (the layer's own engine) closes it, an
