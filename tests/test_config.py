@@ -48,8 +48,8 @@ def test_a_non_postgresql_django_engine_is_rejected() -> None:
 
 
 def test_an_unsupported_django_option_is_named() -> None:
-    with pytest.raises(ValueError, match="OPTIONS key 'cursor_factory'"):
-        build_config({"NAME": "app", "OPTIONS": {"cursor_factory": object()}})
+    with pytest.raises(ValueError, match="OPTIONS key 'sslmdoe'"):
+        build_config({"NAME": "app", "OPTIONS": {"sslmdoe": "require"}})
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL
 
 from ..config import URL_ENV_VAR
-from ..database_url import asyncpg_url
+from ..database_url import asyncpg_url, parse_url
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -25,11 +25,11 @@ def migrations_directory() -> Path:
 def alembic_config(url: str | URL) -> object:
     from alembic.config import Config
 
-    database_url, _ = asyncpg_url(url)
     config = Config()
     config.set_main_option("script_location", str(migrations_directory()))
     # Kept as an attribute, not a main option: configparser would mangle '%' in passwords.
-    config.attributes["url"] = database_url
+    # As written: env.py turns its libpq parameters (sslmode, sslrootcert...) into connect args.
+    config.attributes["url"] = parse_url(url)
     return config
 
 
@@ -46,6 +46,46 @@ def migrate(url: str | URL, revision: str = "head") -> None:
         command.upgrade(config, revision)  # type: ignore[arg-type]
 
     _outside_event_loop(upgrade)
+
+
+def current_revision(url: str | URL) -> str | None:
+    """The revision the layer's tables at ``url`` are at; None if they were never migrated."""
+    from alembic.migration import MigrationContext
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    from .schema import VERSION_TABLE
+
+    database_url, connect_args = asyncpg_url(url)
+
+    def read(connection: Connection) -> str | None:
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
+
+    async def connect_and_read() -> str | None:
+        engine = create_async_engine(
+            database_url, poolclass=NullPool, connect_args={"timeout": 10, **connect_args}
+        )
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(read)
+        finally:
+            await engine.dispose()
+
+    found: list[str | None] = []
+    _outside_event_loop(lambda: found.append(asyncio.run(connect_and_read())))
+    return found[0]
+
+
+def head_revision() -> str:
+    """The newest revision of the migrations this version of the package ships."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(migrations_directory())).get_current_head()
+    if head is None:
+        raise FileNotFoundError(f"no migrations in {migrations_directory()}")
+    return head
 
 
 def downgrade(url: str | URL, revision: str = "base") -> None:
@@ -76,4 +116,12 @@ def _outside_event_loop(work: object) -> None:
         raise failure[0]
 
 
-__all__ = ["URL_ENV_VAR", "alembic_config", "downgrade", "migrate", "migrations_directory"]
+__all__ = [
+    "URL_ENV_VAR",
+    "alembic_config",
+    "current_revision",
+    "downgrade",
+    "head_revision",
+    "migrate",
+    "migrations_directory",
+]

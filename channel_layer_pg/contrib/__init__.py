@@ -1,0 +1,1 @@
+"""Optional integrations with frameworks; each imported only by the projects that use it."""
