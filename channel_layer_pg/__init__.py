@@ -3,10 +3,16 @@
 from .errors import (
     ChannelFull,
     ChannelLayerError,
+    DatabaseFullError,
+    DatabaseReadOnlyError,
     DatabaseUnreachableError,
     DecryptionError,
     LayerClosedError,
     SchemaMissingError,
+    SchemaOutdatedError,
+    StatementRejectedError,
+    StatementTimeoutError,
+    TransactionConflictError,
 )
 from .layer import PostgresChannelLayer
 from .stats import LayerStats
@@ -15,11 +21,17 @@ from .store.migrate import migrate
 __all__ = [
     "ChannelFull",
     "ChannelLayerError",
+    "DatabaseFullError",
+    "DatabaseReadOnlyError",
     "DatabaseUnreachableError",
     "DecryptionError",
     "LayerClosedError",
     "LayerStats",
     "PostgresChannelLayer",
     "SchemaMissingError",
+    "SchemaOutdatedError",
+    "StatementRejectedError",
+    "StatementTimeoutError",
+    "TransactionConflictError",
     "migrate",
 ]

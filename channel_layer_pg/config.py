@@ -181,15 +181,19 @@ def build_config(options: Mapping[str, Any]) -> LayerConfig:
     keys = options.get("symmetric_encryption_keys")
     if keys is not None and (isinstance(keys, (str, bytes)) or not hasattr(keys, "__iter__")):
         raise TypeError("symmetric_encryption_keys must be a list of keys, not a single key")
+    prefix = _prefix(options.get("prefix", "asgi"))
+    # "is not None", not truthiness: an empty list is a mistake (Encryptor says so), never
+    # a quiet way to store messages unencrypted.
     codec = Codec(
         resolve_serializer(options.get("serializer", "msgpack")),
-        Encryptor(keys) if keys else None,
+        Encryptor(keys) if keys is not None else None,
+        prefix=prefix,
     )
     group_expiry = _seconds("group_expiry", options.get("group_expiry", 86400), allow_zero=True)
     return LayerConfig(
         url=database_url,
         engine=engine,
-        prefix=_prefix(options.get("prefix", "asgi")),
+        prefix=prefix,
         expiry=timedelta(seconds=_seconds("expiry", options.get("expiry", 60))),
         group_expiry=timedelta(seconds=group_expiry) if group_expiry else None,
         capacity=_positive_int("capacity", options.get("capacity", 100)),

@@ -10,10 +10,16 @@ except ImportError:  # pragma: no cover - exercised only without Channels instal
 __all__ = [
     "ChannelFull",
     "ChannelLayerError",
+    "DatabaseFullError",
+    "DatabaseReadOnlyError",
     "DatabaseUnreachableError",
     "DecryptionError",
     "LayerClosedError",
     "SchemaMissingError",
+    "SchemaOutdatedError",
+    "StatementRejectedError",
+    "StatementTimeoutError",
+    "TransactionConflictError",
 ]
 
 
@@ -31,6 +37,34 @@ class SchemaMissingError(ChannelLayerError):
 
 class DatabaseUnreachableError(ChannelLayerError):
     """Raised when no connection to PostgreSQL can be opened; the message names host and port."""
+
+
+class SchemaOutdatedError(SchemaMissingError):
+    """Raised by ``ping`` when the tables are not at the migration head this package needs."""
+
+
+class StatementRejectedError(ChannelLayerError):
+    """Base of the errors below: the server rolled one statement back for a state that may pass.
+
+    Nothing the statement would have stored or removed changed, so trying it again later is
+    safe; a waiting ``receive`` does that itself, ``send`` and the others raise.
+    """
+
+
+class StatementTimeoutError(StatementRejectedError):
+    """Raised when the server cancelled a statement: statement_timeout, lock_timeout, or a cancel."""
+
+
+class DatabaseReadOnlyError(StatementRejectedError):
+    """Raised when the server accepts no writes: a hot standby, or default_transaction_read_only."""
+
+
+class DatabaseFullError(StatementRejectedError):
+    """Raised when the server is out of disk space or memory for a statement."""
+
+
+class TransactionConflictError(StatementRejectedError):
+    """Raised when the server aborted a statement to resolve a deadlock or serialization failure."""
 
 
 class DecryptionError(ChannelLayerError, ValueError):

@@ -18,7 +18,7 @@ from .local import Claimed, ClaimedBuffer
 from .loops import EventLoops
 from .naming import is_process_local, non_local_name, validate_channel_name, validate_group_name
 from .stats import LayerStats, with_held_in_process
-from .store import statements
+from .store import health, statements
 from .store.backend import LoopBackend
 from .store.stats import collect as collect_stats
 from .transactional import ApplicationConnection, TransactionalWriter, layer_identity
@@ -94,11 +94,14 @@ class PostgresChannelLayer:
         await self._call(lambda backend: backend.fetch(statements.PING, {}))
 
     async def ping(self, *, timeout: float = 5.0) -> float:
-        """Seconds one round trip to the database took; raises if it is unreachable or has no schema.
+        """Seconds the check of the database took; raises unless it can serve the layer now.
 
-        Cheap enough for a readiness probe: it reads no row. It fails with
+        Cheap enough for a readiness probe: it reads no message. It fails with
         DatabaseUnreachableError if no answer came within ``timeout`` seconds (connecting
-        included), and with SchemaMissingError if the layer's tables are missing.
+        included), SchemaMissingError if the layer's tables are missing, DatabaseReadOnlyError
+        if the server accepts no writes (a hot standby, a failover in progress,
+        default_transaction_read_only), and SchemaOutdatedError if the tables are not at the
+        migration head this release needs (unchecked if the role may not read the version table).
         """
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
@@ -106,13 +109,17 @@ class PostgresChannelLayer:
             raise ValueError(f"timeout must be more than 0 seconds, not {timeout!r}")
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(self._call(lambda backend: backend.fetch(statements.PING, {})), timeout)
+            found = await asyncio.wait_for(
+                self._call(lambda backend: health.read(backend.fetch, probe_writes=True)), timeout
+            )
         except asyncio.TimeoutError:
             raise DatabaseUnreachableError(
                 f"PostgreSQL at {self._config.host_and_port} did not answer within {timeout:g} s "
                 f"({self._config.safe_url})"
             ) from None
-        return time.perf_counter() - started
+        took = time.perf_counter() - started
+        health.raise_unless_current(self._config, found)
+        return took
 
     async def stats(self, *, limit: int = 10) -> LayerStats:
         """What the layer holds under its prefix: queued messages, groups, listeners.
@@ -148,7 +155,7 @@ class PostgresChannelLayer:
         database) the message is written in that transaction: sent if it commits, never if not.
         """
         validate_channel_name(channel)
-        payload = self._config.codec.encode(message)
+        payload = self._config.codec.encode(message, channel=channel)
         capacity = self._config.capacity_for(channel)
         queue = non_local_name(channel)
         if connection is None and self._owns(queue):
@@ -177,7 +184,7 @@ class PostgresChannelLayer:
                 "only the instance whose new_channel() made it can receive on it"
             )
         row = await self._receive(queue, channel)
-        return self._config.codec.decode(row.payload)
+        return self._config.codec.decode(row.payload, channel=channel)
 
     # -- groups -----------------------------------------------------------------------------
 
@@ -215,7 +222,7 @@ class PostgresChannelLayer:
         ``connection`` makes it transactional, as for ``send``.
         """
         validate_group_name(group)
-        payload = self._config.codec.encode(message)
+        payload = self._config.codec.encode(message, group=group)
         if connection is None:
             suffix = self._own_queue_suffix
             row = await self._call(lambda backend: backend.group_send(payload, group, suffix))

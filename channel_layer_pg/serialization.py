@@ -1,4 +1,5 @@
-"""Turning messages into stored bytes and back: a serializer, then optional Fernet encryption."""
+"""Turning messages into stored bytes and back: a serializer, then optional Fernet encryption
+that seals each message for the channel or group it was sent to."""
 
 from __future__ import annotations
 
@@ -64,6 +65,16 @@ def resolve_serializer(serializer: object) -> Serializer:
     )
 
 
+# Every Fernet token starts with this: base64 of the version byte 0x80 and the top 28 bits of
+# its 64-bit timestamp, zero until the year 4147. Consulted only once a payload failed to
+# decode, to say why.
+_FERNET_TOKEN_START = b"gAAAAA"
+# Inside a token: this format byte, the binding's length (one byte), the binding, then the
+# serialized message. A binding is b"c:<prefix>:<channel>" or b"g:<prefix>:<group>"; names
+# hold no ":" and are under 100 characters, so it is unambiguous and fits the length byte.
+_BOUND_FORMAT = 1
+
+
 class Encryptor:
     """Fernet with key rotation: the first key encrypts, every key may decrypt."""
 
@@ -77,22 +88,22 @@ class Encryptor:
             ) from None
         fernets = [Fernet(_fernet_key(key)) for key in keys]
         if not fernets:
-            raise ValueError("symmetric_encryption_keys must hold at least one key")
+            raise ValueError(
+                "symmetric_encryption_keys must hold at least one key; leave it out (or None) "
+                "to store messages unencrypted"
+            )
         self._fernet = MultiFernet(fernets)
         self._invalid_token = InvalidToken
 
     def encrypt(self, data: bytes) -> bytes:
         return self._fernet.encrypt(data)
 
-    def decrypt(self, data: bytes) -> bytes:
+    def decrypt(self, data: bytes) -> bytes | None:
+        """The plaintext, or None if no key decrypts ``data`` (or it is no token at all)."""
         try:
             return self._fernet.decrypt(data)
         except self._invalid_token:
-            raise DecryptionError(
-                "a stored message could not be decrypted with any of symmetric_encryption_keys: "
-                "the sender used a key this layer does not have (or sent it unencrypted); "
-                "the message was dropped"
-            ) from None
+            return None
 
 
 def _fernet_key(key: str | bytes) -> bytes:
@@ -104,13 +115,21 @@ def _fernet_key(key: str | bytes) -> bytes:
 
 
 class Codec:
-    """Message dict to stored bytes and back, with errors that name the offending value."""
+    """Message dict to stored bytes and back, with errors that name the offending value.
 
-    def __init__(self, serializer: Serializer, encryptor: Encryptor | None = None) -> None:
+    With an encryptor, each message is sealed for where it is sent (its channel, or for a
+    group_send its group) and under its prefix; decode() refuses one found elsewhere.
+    """
+
+    def __init__(self, serializer: Serializer, encryptor: Encryptor | None, *, prefix: str) -> None:
         self._serializer = serializer
         self._encryptor = encryptor
+        self._prefix = prefix
+        self._group_binding_start = f"g:{prefix}:".encode()
+        self._fix = f"configure the same symmetric_encryption_keys on every process using prefix {prefix!r}"
 
-    def encode(self, message: object) -> bytes:
+    def encode(self, message: object, *, channel: str | None = None, group: str | None = None) -> bytes:
+        """``message`` as stored bytes; with encryption, for ``channel`` or ``group`` only."""
         if not isinstance(message, dict):
             raise TypeError(f"message must be a dict, not {type(message).__name__}")
         try:
@@ -118,13 +137,49 @@ class Codec:
         except (TypeError, ValueError, OverflowError) as exc:
             raise TypeError(self._describe_unencodable(message, exc)) from exc
         if self._encryptor is not None:
-            data = self._encryptor.encrypt(data)
+            data = self._encryptor.encrypt(self._bound(data, channel, group))
         return data
 
-    def decode(self, data: bytes) -> dict[str, Any]:
-        if self._encryptor is not None:
-            data = self._encryptor.decrypt(data)
-        return self._serializer.loads(data)
+    def decode(self, data: bytes, *, channel: str) -> dict[str, Any]:
+        """The message in ``data``, received on ``channel``; DecryptionError if it cannot be trusted."""
+        if self._encryptor is None:
+            try:
+                return self._serializer.loads(data)
+            except Exception:
+                if data.startswith(_FERNET_TOKEN_START):
+                    raise DecryptionError(
+                        f"a message on {channel!r} is encrypted but this layer has no "
+                        f"symmetric_encryption_keys: {self._fix}; the message was dropped"
+                    ) from None
+                raise
+        plain = self._encryptor.decrypt(data)
+        if plain is None:
+            if data.startswith(_FERNET_TOKEN_START):
+                why = "was encrypted with a key that is not among this layer's symmetric_encryption_keys"
+            else:
+                why = "was stored unencrypted, by a process without symmetric_encryption_keys"
+            raise DecryptionError(f"a message on {channel!r} {why}: {self._fix}; the message was dropped")
+        length = plain[1] if len(plain) > 1 and plain[0] == _BOUND_FORMAT else -1
+        binding = plain[2 : 2 + length]
+        if length < 0 or len(binding) != length:
+            raise DecryptionError(
+                f"a message on {channel!r} decrypted but is not sealed for a channel or group: "
+                f"the sender runs a different version of channel_layer_pg; the message was dropped"
+            )
+        if binding != f"c:{self._prefix}:{channel}".encode() and not binding.startswith(
+            self._group_binding_start
+        ):
+            raise DecryptionError(
+                f"a message found on {channel!r} under prefix {self._prefix!r} was sealed for "
+                f"{_describe_binding(binding)}: its row was altered in the table; the message was dropped"
+            )
+        return self._serializer.loads(plain[2 + length :])
+
+    def _bound(self, data: bytes, channel: str | None, group: str | None) -> bytes:
+        if (channel is None) == (group is None):
+            raise TypeError("an encrypted message is sealed for one channel or one group: pass exactly one")
+        binding = (f"c:{self._prefix}:{channel}" if group is None else f"g:{self._prefix}:{group}").encode()
+        return bytes((_BOUND_FORMAT, len(binding))) + binding + data
 
     def _describe_unencodable(self, message: dict[str, Any], exc: Exception) -> str:
         name = getattr(self._serializer, "name", type(self._serializer).__name__)
@@ -136,6 +191,12 @@ class Codec:
                 shown = shown if len(shown) <= 60 else shown[:57] + "..."
                 return f"{path} = {shown} ({type(value).__name__}) cannot be encoded with {name}: {exc}"
         return f"message cannot be encoded with {name}: {exc}"
+
+
+def _describe_binding(binding: bytes) -> str:
+    kind, _, rest = binding.decode(errors="replace").partition(":")
+    prefix, _, name = rest.partition(":")
+    return f"{'group' if kind == 'g' else 'channel'} {name!r} under prefix {prefix!r}"
 
 
 def _leaves(value: object, path: str) -> Iterator[tuple[str, object]]:

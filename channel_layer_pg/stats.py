@@ -56,6 +56,14 @@ class LayerStats:
     groups: tuple[GroupSize, ...]  # largest first
     listener_count: int
     listeners: tuple[ListenSession, ...]  # oldest connection first
+    # Whether the server accepts the layer's writes now (False on a hot standby, mid-failover,
+    # or under default_transaction_read_only), and whether it is a standby in recovery.
+    writable: bool
+    in_recovery: bool
+    # The tables' migration revision (None if unversioned or this role may not read it), and
+    # the one this release of the package needs.
+    schema_revision: str | None
+    schema_head: str
     # Messages waiting in the asking layer's own memory (sent to its own process-local
     # channels, or claimed for a receive that was cancelled); None when asked from outside.
     held_in_process: int | None = None
@@ -80,7 +88,10 @@ _INDENT = "  "
 
 
 def format_stats(stats: LayerStats) -> str:
-    lines = [f"prefix {stats.prefix!r} (message ages assume an expiry of {stats.expiry:g} s)"]
+    lines = [
+        f"prefix {stats.prefix!r} (message ages assume an expiry of {stats.expiry:g} s)",
+        f"database: {_writable(stats)}; {_revision(stats)}",
+    ]
     age = stats.oldest_message_age
     oldest = "" if age is None else f", the oldest {duration(age)} old"
     lines.append(
@@ -122,6 +133,23 @@ def format_stats(stats: LayerStats) -> str:
         ),
     ]
     return "\n".join(lines)
+
+
+def _writable(stats: LayerStats) -> str:
+    if stats.writable:
+        return "accepts writes: yes"
+    if stats.in_recovery:
+        return "accepts writes: NO (in recovery: a hot standby, or a failover in progress)"
+    return "accepts writes: NO (default_transaction_read_only is on)"
+
+
+def _revision(stats: LayerStats) -> str:
+    head = stats.schema_head
+    if stats.schema_revision is None:
+        return f"schema revision unknown (no version table, or this role may not read it; head is {head})"
+    if stats.schema_revision == head:
+        return f"schema at revision {head} (head)"
+    return f"schema at revision {stats.schema_revision}, NOT at head {head}: run migrate"
 
 
 def duration(seconds: float) -> str:

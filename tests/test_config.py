@@ -127,7 +127,8 @@ def test_a_custom_serializer_object_is_used() -> None:
             return eval(data[::-1].decode())
 
     config = build_config({"url": "postgresql://h/db", "serializer": Reversed()})
-    assert config.codec.decode(config.codec.encode({"type": "x"})) == {"type": "x"}
+    payload = config.codec.encode({"type": "x"}, channel="test.x")
+    assert config.codec.decode(payload, channel="test.x") == {"type": "x"}
 
 
 async def test_an_application_engine_is_used_and_not_disposed(database_url: str, prefix: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from channel_layer_pg import PostgresChannelLayer, migrate
-from channel_layer_pg.store.migrate import head_revision
+from channel_layer_pg.store.migrate import migration_head
 from tests.conftest import connect
 from tests.django_project import DjangoProject, django_database, new_project
 from tests.helpers import receive
@@ -66,7 +66,7 @@ async def test_migrate_creates_the_layer_schema_in_an_empty_database(
 
     assert migrated.returncode == 0, migrated.output
     assert "Migrated channel layer 'default' schema at" in migrated.output
-    assert f"from nothing to {head_revision()}" in migrated.output
+    assert f"from nothing to {migration_head()}" in migrated.output
     assert await layer_tables(empty_database_url) == sorted(TABLES)
     # The layer, built from the same settings, works on what migrate made.
     async with PostgresChannelLayer(**{**databases["default"], "prefix": "app"}) as layer:

@@ -12,7 +12,10 @@ from channel_layer_pg import (
     LayerClosedError,
     PostgresChannelLayer,
     SchemaMissingError,
+    SchemaOutdatedError,
+    migrate,
 )
+from channel_layer_pg.store.migrate import migration_head
 from tests.conftest import connect
 from tests.helpers import TIMEOUT, LayerFactory
 
@@ -46,6 +49,20 @@ async def test_ping_fails_when_only_the_group_table_is_missing(
         await conn.close()
     with pytest.raises(SchemaMissingError):
         await make_layer(url=empty_database_url).ping()
+
+
+async def test_ping_names_the_revision_the_tables_are_at_and_the_one_needed(
+    make_layer: LayerFactory, empty_database_url: str
+) -> None:
+    migrate(empty_database_url, "0002")
+    layer = make_layer(url=empty_database_url)
+    with pytest.raises(SchemaOutdatedError, match=rf"at revision 0002.*needs {migration_head()}.*migrate"):
+        await layer.ping()
+    stats = await layer.stats()
+    assert (stats.schema_revision, stats.schema_head) == ("0002", migration_head())
+    assert "NOT at head" in stats.format()
+    migrate(empty_database_url)
+    await layer.ping()
 
 
 async def test_ping_names_host_and_port_of_an_unreachable_database(make_layer: LayerFactory) -> None:

@@ -13,12 +13,18 @@ def test_public_names_are_pinned() -> None:
     assert sorted(channel_layer_pg.__all__) == [
         "ChannelFull",
         "ChannelLayerError",
+        "DatabaseFullError",
+        "DatabaseReadOnlyError",
         "DatabaseUnreachableError",
         "DecryptionError",
         "LayerClosedError",
         "LayerStats",
         "PostgresChannelLayer",
         "SchemaMissingError",
+        "SchemaOutdatedError",
+        "StatementRejectedError",
+        "StatementTimeoutError",
+        "TransactionConflictError",
         "migrate",
     ]
 

@@ -9,6 +9,8 @@ import pytest
 
 from channel_layer_pg import LayerStats, PostgresChannelLayer
 from channel_layer_pg.stats import GroupSize
+from channel_layer_pg.store.migrate import migration_head
+from channel_layer_pg.store.schema import VERSION_TABLE
 from tests.helpers import TIMEOUT, LayerFactory, Sql
 
 
@@ -136,8 +138,9 @@ async def test_stats_see_only_their_own_prefix(make_layer: LayerFactory, prefix:
     assert (stats.messages, stats.channels, stats.group_count) == (0, (), 0)
 
 
-async def test_an_empty_prefix_has_nothing_and_no_oldest_age(layer: PostgresChannelLayer) -> None:
+async def test_an_empty_prefix_has_nothing_and_no_oldest_age(layer: PostgresChannelLayer, sql: Sql) -> None:
     stats = await layer.stats()
+    (version,) = await sql(f"SELECT version_num FROM {VERSION_TABLE}")
     assert stats == LayerStats(
         prefix=layer.prefix,
         limit=10,
@@ -155,6 +158,10 @@ async def test_an_empty_prefix_has_nothing_and_no_oldest_age(layer: PostgresChan
         groups=(),
         listener_count=0,
         listeners=(),
+        writable=True,
+        in_recovery=False,
+        schema_revision=version["version_num"],
+        schema_head=migration_head(),
         held_in_process=0,
     )
 

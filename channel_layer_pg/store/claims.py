@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from ..errors import DatabaseUnreachableError
+from ..errors import DatabaseUnreachableError, StatementRejectedError
 from ..faults import FaultHooks
 from ..local import Claimed, ClaimedBuffer, Waiters, Wakeup
 from .backoff import Backoff
@@ -66,6 +66,9 @@ class QueueReader:
         self._wakeup = Wakeup()
         self._task: asyncio.Task[None] | None = None
         self._backoff = Backoff(_BACKOFF_START, _BACKOFF_MAX)
+        # The kind of failure being ridden out now, if any: logged when it starts, changes
+        # and ends, not at every retry, since a receive may wait out a read-only server for hours.
+        self._trouble: type[BaseException] | None = None
         # At most one claim per queue is in flight, the reader's or a receive's own, so rows
         # reach their receivers in id order even when a claimer is cancelled.
         self._inline_claim: asyncio.Future[Sequence[Claimed]] | None = None
@@ -289,31 +292,48 @@ class QueueReader:
                 await self._outlast(exc)
                 continue
             self._reader_claim = None
-            self._backoff.reset()
+            self._recovered()
             if rows:
                 self._dispatch(rows)
             else:
                 self._note_empty(list(wanted), wakes, listening=True)
 
     async def _outlast(self, exc: Exception) -> bool:
-        """Wait out a lost database and return True, or fail the waiters and return False.
+        """Wait out a passing failure and return True, or fail the waiters and return False.
 
-        A database that was reachable before is an outage: waiting receives keep waiting and
-        complete when their message comes. One that never was is a mistake in the settings,
-        which waiting receives should hear about at once.
+        Passing: a statement the server rolled back (a timeout, a read-only or full server,
+        a deadlock: the rows it would have claimed are still in the table), and a lost
+        database that was reachable before. Waiting receives keep waiting through either, with
+        no bound of their own (a receive has none; its caller's timeout or cancel is the bound),
+        trying again at most every _BACKOFF_MAX seconds, and complete when their message comes.
+        A database never reached is a mistake in the settings, which they hear about at once.
         """
-        if (
+        passing = isinstance(exc, StatementRejectedError) or (
             isinstance(exc, DatabaseUnreachableError)
             and not isinstance(exc, NotificationsNotDelivered)  # a setting to fix, not an outage
             and self._database_reached()
-        ):
+        )
+        if passing:
             delay = self._backoff.next()
-            logger.warning("receiving from %s failed (%s); retrying in %.1f s", self.queue, exc, delay)
+            if type(exc) is not self._trouble:
+                self._trouble = type(exc)
+                logger.warning(
+                    "receiving from %s failed (%s); retrying every %g s or sooner until it works",
+                    self.queue,
+                    exc,
+                    _BACKOFF_MAX,
+                )
             await asyncio.sleep(delay)
             return True
         logger.warning("receiving from %s failed: %s", self.queue, exc)
         self.fail_waiters(exc)
         return False
+
+    def _recovered(self) -> None:
+        self._backoff.reset()
+        if self._trouble is not None:
+            logger.info("receiving from %s works again", self.queue)
+            self._trouble = None
 
     def _serve_from_buffer(self) -> None:
         # A receiver on another loop may have left rows behind for channels waited on here.

@@ -15,8 +15,8 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.base import Executable
 
 from ..config import LayerConfig
-from ..errors import DatabaseUnreachableError
-from . import statements, stats
+from ..errors import DatabaseReadOnlyError, DatabaseUnreachableError
+from . import health, statements, stats
 from .backoff import Backoff
 from .driver_errors import retryable, translated_errors, unreachable
 from .pool import Held, HeldConnections
@@ -24,7 +24,7 @@ from .pool import Held, HeldConnections
 T = TypeVar("T")
 
 # Where the statements the runner is given are defined, for naming them in logs.
-_STATEMENT_MODULES = (statements, stats)
+_STATEMENT_MODULES = (statements, stats, health)
 
 logger = logging.getLogger("channel_layer_pg")
 
@@ -265,6 +265,12 @@ class StatementRunner:
             except asyncio.CancelledError:
                 # Only when the loop itself goes away (statements are shielded): the protocol
                 # may be mid-message, so the connection is not trusted again.
+                await self._connections.discard(held)
+                raise
+            except DatabaseReadOnlyError:
+                # A session keeps the read-only state it began with (default_transaction_read_only
+                # changed since, or a name that now points at the promoted primary), so the next
+                # statement gets a new session, which sees the server as it is now.
                 await self._connections.discard(held)
                 raise
             except Exception:

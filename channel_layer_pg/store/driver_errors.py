@@ -10,7 +10,16 @@ import asyncpg
 from sqlalchemy.exc import DBAPIError
 
 from ..config import LayerConfig
-from ..errors import DatabaseUnreachableError, SchemaMissingError
+from ..errors import (
+    ChannelLayerError,
+    DatabaseFullError,
+    DatabaseReadOnlyError,
+    DatabaseUnreachableError,
+    SchemaMissingError,
+    StatementRejectedError,
+    StatementTimeoutError,
+    TransactionConflictError,
+)
 
 MIGRATE_HINT = "python -m channel_layer_pg migrate --url URL  (or: alembic upgrade head)"
 
@@ -26,6 +35,36 @@ _CONNECT_REFUSALS = {"28P01", "28000", "3D000"}
 # A named prepared statement missing, or its name taken: what a transaction pooler does to
 # statements prepared on one server connection and run on another.
 _LOST_PREPARED_STATEMENTS = {"26000", "42P05"}
+
+# The server rolled one statement back for a state that may pass (a lock released, a failover
+# finished, disk freed): which error says so, and what the operator can do about it.
+_REJECTIONS: dict[str, tuple[type[StatementRejectedError], str]] = {
+    "57014": (
+        StatementTimeoutError,
+        "the server cancelled the statement (statement_timeout, or pg_cancel_backend); if a lock "
+        "held it up (a migration, VACUUM FULL, LOCK TABLE), pg_locks names the holder, otherwise "
+        "raise statement_timeout for the layer's role",
+    ),
+    "55P03": (
+        StatementTimeoutError,
+        "a lock the statement needed was not granted within lock_timeout; pg_locks names the "
+        "holder, or raise lock_timeout for the layer's role",
+    ),
+    "25006": (
+        DatabaseReadOnlyError,
+        "the server accepts no writes: point the URL at the primary (this may be a hot standby, "
+        "or a failover in progress), or unset default_transaction_read_only for the layer's role "
+        "and database",
+    ),
+    "53100": (DatabaseFullError, "the server's disk is full: free space on it, then the layer writes again"),
+    "53200": (DatabaseFullError, "the server ran out of memory: lower its load or raise its memory"),
+    "40001": (
+        TransactionConflictError,
+        "a serialization failure (the layer's role or database has default_transaction_isolation "
+        "above read committed; the layer needs no more than read committed): try again",
+    ),
+    "40P01": (TransactionConflictError, "a deadlock with another session's transaction: try again"),
+}
 
 # What a user behind a transaction pooler has to do, named by every error that suggests one.
 _POOLER_HINT = (
@@ -84,6 +123,10 @@ def translate(config: LayerConfig, exc: Exception) -> Exception:
         return Refused(
             f"{config.host_and_port} refused the connection ({config.safe_url}): {driver}; {_POOLER_HINT}"
         )
+    if sqlstate in _REJECTIONS:
+        kind, advice = _REJECTIONS[sqlstate]
+        where = f"PostgreSQL at {config.host_and_port} ({config.safe_url})"
+        return kind(f"{where}: {_first_line(driver)}; {advice}")
     if sqlstate in _LOST_PREPARED_STATEMENTS:
         return _pooled_statement_lost(config, driver or exc)
     if sqlstate in _CONNECTION_LOST_STATES or sqlstate.startswith("08"):
@@ -109,10 +152,11 @@ def retryable(exc: DatabaseUnreachableError) -> bool:
     return not isinstance(exc, Refused)
 
 
-def listen_failed(config: LayerConfig, exc: Exception) -> DatabaseUnreachableError:
-    """What a failure of the LISTEN connection is to its readers: the connection was lost."""
+def listen_failed(config: LayerConfig, exc: Exception) -> ChannelLayerError:
+    """What a failure of the LISTEN connection is to its readers: the connection was lost, or
+    the server refused LISTEN for a state that may pass (a hot standby in recovery)."""
     translated = translate(config, exc)
-    if isinstance(translated, DatabaseUnreachableError):
+    if isinstance(translated, (DatabaseUnreachableError, StatementRejectedError)):
         return translated
     return DatabaseUnreachableError(
         f"the listen connection to PostgreSQL at {config.host_and_port} failed: {exc}"
@@ -137,8 +181,13 @@ def unreachable(config: LayerConfig, exc: BaseException) -> DatabaseUnreachableE
     )
 
 
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc) if exc is not None else ""
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _pooled_statement_lost(config: LayerConfig, exc: BaseException) -> DatabaseUnreachableError:
-    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    first_line = _first_line(exc)
     if config.behind_pooler and config.engine is not None:
         # With listen_url set, only an engine the application gave prepares named statements.
         advice = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from pathlib import Path
 
@@ -31,6 +32,26 @@ def alembic_config(url: str | URL) -> object:
     # As written: env.py turns its libpq parameters (sslmode, sslrootcert...) into connect args.
     config.attributes["url"] = parse_url(url)
     return config
+
+
+@functools.cache
+def migration_revisions() -> frozenset[str]:
+    """Every revision of the layer's migrations this release ships."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory(str(migrations_directory()))
+    return frozenset(script.revision for script in scripts.walk_revisions())
+
+
+@functools.cache
+def migration_head() -> str:
+    """The revision the tables must be at for this release's statements."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(migrations_directory())).get_current_head()
+    if head is None:  # pragma: no cover - the package always ships its migrations
+        raise FileNotFoundError(f"no migrations in {migrations_directory()}")
+    return head
 
 
 def migrate(url: str | URL, revision: str = "head") -> None:
@@ -78,16 +99,6 @@ def current_revision(url: str | URL) -> str | None:
     return found[0]
 
 
-def head_revision() -> str:
-    """The newest revision of the migrations this version of the package ships."""
-    from alembic.script import ScriptDirectory
-
-    head = ScriptDirectory(str(migrations_directory())).get_current_head()
-    if head is None:
-        raise FileNotFoundError(f"no migrations in {migrations_directory()}")
-    return head
-
-
 def downgrade(url: str | URL, revision: str = "base") -> None:
     from alembic import command
 
@@ -121,7 +132,8 @@ __all__ = [
     "alembic_config",
     "current_revision",
     "downgrade",
-    "head_revision",
     "migrate",
+    "migration_head",
+    "migration_revisions",
     "migrations_directory",
 ]

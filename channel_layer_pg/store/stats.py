@@ -31,7 +31,7 @@ from sqlalchemy.sql.base import Executable
 
 from ..naming import listener_application_name
 from ..stats import Backlog, GroupSize, LayerStats, ListenSession
-from . import sql
+from . import health, sql
 from .schema import group_member, message
 
 Fetch = Callable[[Executable, dict[str, Any]], Awaitable[list[Any]]]
@@ -183,6 +183,7 @@ LISTENERS = (
 
 async def collect(fetch: Fetch, *, prefix: str, expiry: float, limit: int) -> LayerStats:
     """Gather LayerStats with ``fetch`` (a LoopBackend's)."""
+    found = await health.read(fetch)
     rows = await fetch(STATS, {"prefix": prefix, "limit": limit})
     sessions = await fetch(LISTENERS, {"application_name": listener_application_name(prefix), "limit": limit})
     by_kind: dict[str, list[Any]] = {}
@@ -222,4 +223,8 @@ async def collect(fetch: Fetch, *, prefix: str, expiry: float, limit: int) -> La
         listeners=tuple(
             ListenSession(row["pid"], row["user"], row["client"], row["connected_for"]) for row in sessions
         ),
+        writable=found.writable and not found.in_recovery,
+        in_recovery=found.in_recovery,
+        schema_revision=found.revision,
+        schema_head=found.head,
     )

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core import checks
 
-from ...store.migrate import current_revision, head_revision
+from ...store.migrate import current_revision, migration_head, migration_revisions
 from .layers import layer_database, layer_databases, layer_entries
 
 
@@ -34,7 +34,7 @@ def check_layer_schema(
     """The schema of each layer whose database is one of ``databases``, against head."""
     if not databases:
         return []  # connects: only when asked, as Django's own database checks
-    head = head_revision()
+    head = migration_head()
     found: list[checks.CheckMessage] = []
     for layer in layer_databases():
         alias = next((alias for alias in databases if layer.is_on(alias)), None)
@@ -59,7 +59,7 @@ def check_layer_schema(
             message, check_id = f"{where}: the layer's tables are missing", "channel_layer_pg.W001"
         elif revision == head:
             continue
-        elif _known(revision):
+        elif revision in migration_revisions():
             message = f"{where}: schema at revision {revision}, behind {head}"
             check_id = "channel_layer_pg.W002"
         else:
@@ -74,16 +74,3 @@ def check_layer_schema(
             continue
         found.append(checks.Warning(message, hint=fix, obj=obj, id=check_id))
     return found
-
-
-def _known(revision: str) -> bool:
-    from alembic.script import ScriptDirectory
-    from alembic.util import CommandError
-
-    from ...store.migrate import migrations_directory
-
-    try:
-        ScriptDirectory(str(migrations_directory())).get_revision(revision)
-    except CommandError:
-        return False
-    return True

@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL
 from ...config import URL_ENV_VAR, build_config
 from ...database_url import DJANGO_KEYS, django_url, parse_url
 from ...layer import PostgresChannelLayer
-from ...store.migrate import current_revision, head_revision, migrate
+from ...store.migrate import current_revision, migrate, migration_head
 
 APP_LABEL = "channel_layer_pg"
 
@@ -82,7 +82,7 @@ def layer_databases() -> list[LayerDatabase]:
 def migrate_to_head(layer: LayerDatabase, *, verbosity: int, stdout: TextIO) -> None:
     """Run the layer's Alembic migrations up to head, unless its schema is there already."""
     before = current_revision(layer.url)
-    if before == head_revision():
+    if before == migration_head():
         if verbosity >= 2:
             stdout.write(f"  Channel layer {layer.name!r}: schema at head ({layer.safe_url})\n")
         return
@@ -90,7 +90,7 @@ def migrate_to_head(layer: LayerDatabase, *, verbosity: int, stdout: TextIO) -> 
     if verbosity >= 1:
         stdout.write(
             f"  Migrated channel layer {layer.name!r} schema at {layer.safe_url}"
-            f" from {before or 'nothing'} to {head_revision()}\n"
+            f" from {before or 'nothing'} to {migration_head()}\n"
         )
 
 
