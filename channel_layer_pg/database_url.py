@@ -60,8 +60,14 @@ _DJANGO_ONLY_OPTIONS = (
 )
 # The database's own identity is given by the keys, so errors can name the server and the
 # Django app can tell which DATABASES alias the layer shares.
-_GIVEN_AS_KEYS = {"host": "HOST", "hostaddr": "HOST", "port": "PORT", "dbname": "NAME", "user": "USER"}
-_GIVEN_AS_KEYS["password"] = "PASSWORD"
+_GIVEN_AS_KEYS = {
+    "host": "HOST",
+    "hostaddr": "HOST",
+    "port": "PORT",
+    "dbname": "NAME",
+    "user": "USER",
+    "password": "PASSWORD",
+}
 
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _ASYNCPG_DSN_PARAMETERS = (

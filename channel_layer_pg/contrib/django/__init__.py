@@ -9,7 +9,7 @@ other``, ``call_command("migrate")``, the test runner creating test databases; a
 of ``migrate`` would fight any other app that overrides it. The handler runs once per
 ``migrate`` (Django sends the signal once per app, and this app is one), also after
 ``flush``; it reads the schema's revision first and runs Alembic only when that is not head,
-so the repeats cost a query.
+so the repeats cost a connection and a query.
 
 Which database. post_migrate names the DATABASES alias being migrated; the layer's database
 is whatever its CHANNEL_LAYERS CONFIG names (Django keys, ``url``, or CHANNEL_LAYER_PG_URL).
