@@ -156,3 +156,31 @@ async def test_migrate_database_other_migrates_only_the_layer_on_that_alias(
     assert migrated.returncode == 0, migrated.output
     assert await layer_tables(another_empty_database_url) == sorted(TABLES)
     assert await layer_tables(empty_database_url) == []
+
+
+async def test_check_reports_a_schema_newer_than_this_release(
+    project: DjangoProject, empty_database_url: str
+) -> None:
+    migrate(empty_database_url)
+    conn = await connect(empty_database_url)
+    try:
+        await conn.execute("UPDATE channel_layer_pg_alembic_version SET version_num = '9999'")
+    finally:
+        await conn.close()
+    project.write_settings({"default": django_database(empty_database_url)}, LAYER % "DATABASES['default']")
+
+    checked = project.manage("check", "--database", "default")
+
+    assert "channel_layer_pg.W003" in checked.output
+    assert "schema at revision 9999, which this channel_layer_pg does not know" in checked.output
+
+
+async def test_check_with_the_database_reports_one_it_cannot_reach(project: DjangoProject) -> None:
+    # Port 9 (discard) has no PostgreSQL: the connection is refused at once.
+    unreachable = {"ENGINE": "django.db.backends.postgresql", "NAME": "app", "HOST": "127.0.0.1", "PORT": "9"}
+    project.write_settings({"default": unreachable}, LAYER % "DATABASES['default']")
+
+    checked = project.manage("check", "--database", "default")
+
+    assert "channel_layer_pg.W004" in checked.output
+    assert "cannot read its schema revision" in checked.output
