@@ -147,10 +147,17 @@ def parse_url(url: object, *, option: str = "url") -> URL:
     backend = parsed.get_backend_name()
     if backend not in ("postgresql", "postgres"):
         raise ValueError(
-            f"{option} must point at PostgreSQL (postgresql://...), not {backend!r}: "
-            f"{parsed.render_as_string(hide_password=True)}"
+            f"{option} must point at PostgreSQL (postgresql://...), not {backend!r}: {safe_url(parsed)}"
         )
     return parsed
+
+
+def safe_url(url: str | URL) -> str:
+    """``url`` for logs and messages, its password and sslpassword hidden."""
+    parsed = make_url(url)
+    if "sslpassword" in parsed.query:
+        parsed = parsed.update_query_dict({"sslpassword": "***"})
+    return parsed.render_as_string(hide_password=True)
 
 
 def django_url(django: Mapping[str, Any]) -> URL:

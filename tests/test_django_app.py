@@ -59,12 +59,14 @@ async def layer_tables(url: str) -> list[str]:
 async def test_migrate_creates_the_layer_schema_in_an_empty_database(
     project: DjangoProject, empty_database_url: str
 ) -> None:
-    databases = {"default": django_database(empty_database_url)}
+    # sslpassword matters only with a client certificate; here it shows it is never printed.
+    databases = {"default": django_database(empty_database_url, sslpassword="key-secret")}
     project.write_settings(databases, LAYER % "{**DATABASES['default'], 'prefix': 'app'}")
 
     migrated = project.manage("migrate")
 
     assert migrated.returncode == 0, migrated.output
+    assert "key-secret" not in migrated.output
     assert "Migrated channel layer 'default' schema at" in migrated.output
     assert f"from nothing to {migration_head()}" in migrated.output
     assert await layer_tables(empty_database_url) == sorted(TABLES)

@@ -14,7 +14,7 @@ from django.utils.module_loading import import_string
 from sqlalchemy.engine import URL
 
 from ...config import URL_ENV_VAR, build_config
-from ...database_url import DJANGO_KEYS, django_url, parse_url
+from ...database_url import DJANGO_KEYS, django_url, parse_url, safe_url
 from ...layer import PostgresChannelLayer
 from ...store.migrate import current_revision, migrate, migration_head
 
@@ -30,7 +30,7 @@ class LayerDatabase:
 
     @property
     def safe_url(self) -> str:
-        return self.url.render_as_string(hide_password=True)
+        return safe_url(self.url)
 
     def is_on(self, alias: str) -> bool:
         """Whether this layer's database is the one DATABASES[alias] names now."""
