@@ -11,9 +11,9 @@ search_path=app. Each becomes what asyncpg offers for it:
 - connect_timeout becomes ``timeout``; application_name and each ``-c name=value`` of
   options become session settings (``server_settings``).
 
-Parameters asyncpg has no means for are accepted and ignored where libpq would connect the
-same way without them (TCP keepalives, compression), and rejected, with the reason, where
-ignoring them would connect differently from what was asked.
+Parameters asyncpg has no means for are accepted and ignored where they only tune the socket
+(TCP keepalives) or no longer do anything (compression), and rejected, with the reason, where
+ignoring them would connect, authenticate or encrypt differently from what was asked.
 """
 
 from __future__ import annotations
