@@ -6,10 +6,11 @@ search_path=app. Each becomes what asyncpg offers for it:
 
 - sslmode becomes asyncpg's ``ssl`` keyword;
 - the TLS files, target_session_attrs, Kerberos, passfile and service travel as a query-only
-  DSN (``postgresql://?sslrootcert=...``) beside the keyword arguments: asyncpg reads these
-  from a DSN with libpq's meaning and no keyword of its own names them;
-- connect_timeout becomes ``timeout``; application_name and each ``-c name=value`` of
-  options become session settings (``server_settings``).
+  DSN (``postgresql://?sslrootcert=...``) beside the keyword arguments: asyncpg reads them
+  from a DSN with libpq's meaning, and the TLS files from nowhere else;
+- connect_timeout becomes ``timeout`` (and config.py makes it the layer's connect_timeout);
+  application_name and each ``-c name=value`` of options become session settings
+  (``server_settings``).
 
 Parameters asyncpg has no means for are accepted and ignored where they only tune the socket
 (TCP keepalives) or no longer do anything (compression), and rejected, with the reason, where
