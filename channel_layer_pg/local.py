@@ -19,7 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Container
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .naming import is_process_local
 
@@ -43,7 +43,7 @@ class ClaimedBuffer:
 
     def take(self, channel: str) -> Claimed | None:
         """The oldest unexpired row for ``channel``, dropping expired ones on the way."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         with self._lock:
             rows = self._rows.get(channel)
             while rows:
@@ -102,7 +102,7 @@ class ClaimedBuffer:
         in the table; the rest are for process-local channels that only this layer could
         receive on.
         """
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         taken: list[Claimed] = []
         with self._lock:
             for channel in [channel for channel in self._rows if not is_process_local(channel)]:
@@ -116,7 +116,7 @@ class ClaimedBuffer:
             self._rows.clear()
 
     def _drop_expired_locked(self, channel: str) -> int:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         rows = self._rows[channel]
         kept = deque(row for row in rows if row.expires_at > now)
         if kept:

@@ -1,12 +1,12 @@
-"""A real PostgreSQL for every test: CHANNEL_LAYER_PG_TEST_URL, or an embedded server.
+"""The suite's fixtures, on the package's own pytest plugin (channel_layer_pg.testing).
 
-The schema is migrated once per session. Each test gets its own layer prefix, so tests never
-see each other's messages, and every layer a test makes is closed when it ends.
+The plugin gives a real, migrated PostgreSQL (CHANNEL_LAYER_PG_TEST_URL, Docker or an embedded
+server), a prefix per test so tests never see each other's messages, and layers closed when the
+test ends. The names here are the suite's: database_url, prefix, make_layer, layer.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -19,53 +19,49 @@ from sqlalchemy.engine import make_url
 from channel_layer_pg import PostgresChannelLayer, migrate
 from channel_layer_pg.embedded import EmbeddedPostgres, embedded_server
 
-TEST_URL_VAR = "CHANNEL_LAYER_PG_TEST_URL"
-
 LayerFactory = Callable[..., PostgresChannelLayer]
 
+PLUGIN = "channel_layer_pg.testing.pytest_plugin"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest loads the plugin through the package's pytest11 entry point; a checkout run from
+    # PYTHONPATH, or installed with metadata that lacks the entry point, loads it here.
+    if not config.pluginmanager.has_plugin("channel_layer_pg"):
+        config.pluginmanager.import_plugin(PLUGIN)
+
 
 @pytest.fixture(scope="session")
-def embedded() -> Iterator[EmbeddedPostgres | None]:
-    """The embedded server the suite started, or None when CHANNEL_LAYER_PG_TEST_URL is set."""
-    if os.environ.get(TEST_URL_VAR):
-        yield None
-        return
-    with embedded_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def database_url(embedded: EmbeddedPostgres | None) -> str:
-    url = embedded.url if embedded is not None else os.environ[TEST_URL_VAR]
-    migrate(url)
-    return url
+def database_url(postgres_url: str) -> str:
+    return postgres_url
 
 
 @pytest.fixture
-def prefix() -> str:
-    return f"t{uuid.uuid4().hex[:12]}"
+def prefix(channel_layer_prefix: str) -> str:
+    return channel_layer_prefix
 
 
 @pytest.fixture
-async def make_layer(database_url: str, prefix: str) -> AsyncIterator[LayerFactory]:
+def make_layer(channel_layer_factory: LayerFactory) -> LayerFactory:
     """Make layers on the test database (same prefix unless given); all closed afterwards."""
-    layers: list[PostgresChannelLayer] = []
-
-    def make(**options: Any) -> PostgresChannelLayer:
-        options.setdefault("url", database_url)
-        options.setdefault("prefix", prefix)
-        layer = PostgresChannelLayer(**options)
-        layers.append(layer)
-        return layer
-
-    yield make
-    for layer in layers:
-        await layer.close()
+    return channel_layer_factory
 
 
 @pytest.fixture
-async def layer(make_layer: LayerFactory) -> PostgresChannelLayer:
-    return make_layer()
+def layer(channel_layer: PostgresChannelLayer) -> PostgresChannelLayer:
+    return channel_layer
+
+
+@pytest.fixture
+def embedded() -> Iterator[EmbeddedPostgres]:
+    """An embedded server of this test's own, with the schema: one it may restart.
+
+    The session's server may be another worker's too (pytest-xdist), or one named by
+    CHANNEL_LAYER_PG_TEST_URL: never restart that one.
+    """
+    with embedded_server() as server:
+        migrate(server.url)
+        yield server
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ async def nothing_arrives(layer: PostgresChannelLayer, channel: str, within: flo
     """
     try:
         await asyncio.wait_for(layer.receive(channel), within)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return True
     return False
 

@@ -100,7 +100,7 @@ class AppServers:
         try:
             async with self._news:
                 await asyncio.wait_for(self._news.wait_for(settled), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self._dump_stacks()
             raise AssertionError(
                 f"timed out after {timeout:g} s waiting for {what}\n{self._report()}"
@@ -118,7 +118,7 @@ class AppServers:
             await asyncio.wait_for(
                 asyncio.gather(*(server.process.wait() for server in running)), TIMEOUT * 3
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self._dump_stacks()
             raise AssertionError(f"a server did not stop\n{self._report()}") from None
         finally:
@@ -176,7 +176,7 @@ class AppServers:
                 await asyncio.wait_for(
                     self._news.wait_for(lambda: all("Stack for" in server.stderr for server in live)), 2.0
                 )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass  # a server too stuck to print its tasks: its thread stacks still show
 
     def _report(self) -> str:

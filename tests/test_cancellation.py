@@ -79,7 +79,7 @@ async def test_random_cancellations_under_traffic_lose_and_duplicate_nothing(
                 message = await asyncio.wait_for(
                     receiver.receive("test.chaos"), rng.choice([0.0005, 0.002, 0.05])
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             got.append(message["n"])
     await sending

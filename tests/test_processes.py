@@ -39,7 +39,7 @@ async def test_workers_in_other_processes_share_a_channel_each_job_done_once(
             await layer.send("test.jobs", {"type": "stop"})
         try:
             codes = await asyncio.wait_for(asyncio.gather(*(w.wait() for w in workers)), TIMEOUT * 3)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             left = await sql(
                 "SELECT count(*) AS n FROM channel_layer_pg_message WHERE prefix = $1 AND queue = $2",
                 prefix,

@@ -67,7 +67,7 @@ async def call(layer: PostgresChannelLayer, operation: str, name: Any, group: An
             name = await layer.new_channel()
         try:
             await asyncio.wait_for(layer.receive(name), 0.02)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     else:
         await layer.flush()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import channel_layer_pg
@@ -27,6 +30,17 @@ def test_public_names_are_pinned() -> None:
         "TransactionConflictError",
         "migrate",
     ]
+
+
+def test_every_public_name_resolves_in_a_fresh_interpreter() -> None:
+    # The package imports its public names on first use; each one listed must import.
+    names = ", ".join(channel_layer_pg.__all__)
+    subprocess.run(
+        [sys.executable, "-c", f"from channel_layer_pg import {names}"],
+        env={**os.environ, "PYTHONPATH": str(Path(channel_layer_pg.__file__).resolve().parent.parent)},
+        check=True,
+        timeout=60,
+    )
 
 
 def test_the_layer_declares_the_spec_extensions() -> None:

@@ -45,7 +45,7 @@ async def browser() -> AsyncIterator[Any]:
     try:
         from playwright.async_api import async_playwright
     except ImportError:
-        _unavailable("Playwright is not installed (pip install -e '.[dev]')")
+        _unavailable("Playwright is not installed (pip install -e . --group dev)")
     chromium = shutil.which("chromium")
     if chromium is None:
         _unavailable("no chromium on PATH: install Debian's package (apt-get install chromium)")

@@ -72,7 +72,7 @@ async def interrupt(demo: Demo, how: signal.Signals = signal.SIGINT) -> int:
             demo.process.send_signal(how)
         try:
             rest = await asyncio.wait_for(demo.process.communicate(), TIMEOUT + 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             os.killpg(demo.process.pid, signal.SIGKILL)
             await demo.process.wait()
             raise

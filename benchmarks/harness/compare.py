@@ -271,7 +271,7 @@ async def run_cell(
                 ctx.layer = spec.make(services, prefix)
                 ctx.make_peer = lambda: spec.make(services, prefix)
             outcome = await _supervise(workload.run(ctx), progress, counts)
-        except (Stalled, TimeoutError, asyncio.TimeoutError) as exc:
+        except (Stalled, TimeoutError) as exc:
             failure = f"timeout {progress.done}/{progress.total}" if progress.total else "timeout"
             notes.append(f"{failure} ({str(exc) or 'no progress'}; stall limit {counts.stall:g} s)")
         except Exception as exc:
@@ -300,7 +300,7 @@ async def _teardown(
     ):
         try:
             await asyncio.wait_for(action(), counts.stall)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             notes.append(f"{step}() did not finish within {counts.stall:g} s")
         except Exception as exc:
             notes.append(f"{step}() failed: {type(exc).__name__}: {first_line(exc)}")

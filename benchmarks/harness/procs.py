@@ -60,7 +60,7 @@ class Worker:
         while True:
             try:
                 line = await asyncio.wait_for(self.process.stdout.readline(), deadline - time.monotonic())
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 raise WorkerQuiet(f"{self.name} did not say {kind!r} within {timeout:g} s") from None
             if not line:
                 raise WorkerFailed(f"{self.name} exited (code {await self.process.wait()}) before {kind!r}")
@@ -92,7 +92,7 @@ class Worker:
                 return
             try:
                 await asyncio.wait_for(process.wait(), wait)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 if then is not None:
                     try:
                         then()

@@ -113,7 +113,7 @@ async def _receive(layer: Any, channel: str, count: int, stall: float) -> None:
     emit(event="ready")
     try:
         await task
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         raise TimeoutError(f"no message for {stall:g} s after {tally.received}/{count}") from None
     await asyncio.wait_for(layer.flush(), stall)  # the receiver cleans up the shared prefix
     rate = (count - 1) / (last - first) if last > first else float("inf")

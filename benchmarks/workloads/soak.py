@@ -197,7 +197,7 @@ async def receive_loop(layer: Any, channel: str, log: Log, drain: Drain, rng: ra
             got = await asyncio.wait_for(
                 layer.receive(channel), rng.uniform(*CANCEL_AFTER) if cancel_soon else RECEIVE_TIMEOUT
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.cancelled += cancel_soon
             log.idle += not cancel_soon
             continue

@@ -82,7 +82,7 @@ def _migrate(given: str | None, revision: str) -> int:
     safe = safe_url(url)
     try:
         migrate(url, revision)
-    except (OSError, SQLAlchemyError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, SQLAlchemyError) as exc:
         # The driver's message alone ("Connect call failed") does not say which database.
         print(f"{PROG} migrate: cannot migrate {safe}: {_one_line(exc)}", file=sys.stderr)
         return 1

@@ -180,7 +180,7 @@ class LoopBackend:
             await asyncio.wait_for(
                 self._statements.fetch(statements.RESTORE, parameters, in_own_task=True), grace
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             reason = f"it took over {grace:g} s (a lock held on channel_layer_pg_message?)"
         except Exception as exc:
             reason = str(exc)

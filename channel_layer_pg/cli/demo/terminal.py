@@ -194,7 +194,7 @@ async def _reap(worker: asyncio.subprocess.Process) -> None:
         worker.terminate()
     try:
         await asyncio.wait_for(worker.wait(), STOP_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         worker.kill()
         await worker.wait()
 
@@ -207,7 +207,7 @@ async def _worker(url: str, prefix: str) -> int:
         while True:
             try:
                 message = await asyncio.wait_for(layer.receive(WORK_CHANNEL), WORKER_IDLE_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise DemoError(f"nothing on {WORK_CHANNEL!r} for {WORKER_IDLE_TIMEOUT:g} s") from None
             kind = message.get("type")
             if kind == "stop":
@@ -237,7 +237,7 @@ async def _join_room(layer: PostgresChannelLayer, reply_to: str) -> None:
 async def _within(seconds: float, what: str, work: Awaitable[T]) -> T:
     try:
         return await asyncio.wait_for(work, seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise DemoError(f"no {what} within {seconds:g} s") from None
 
 
