@@ -1,12 +1,16 @@
-"""Benchmark channel_layer_pg, alone and side by side with channels_redis, channels_postgres and in-memory.
+"""Benchmark channel_layer_pg, alone and side by side with channels_redis, channels_postgres,
+channels_rabbitmq, channels-nats and in-memory.
 
-    python benchmarks/bench.py [--url URL] [--redis URL] [--only ours,redis,...] [--quick] [--vacuum]
-                               [--workloads latency,thread,...] [--label TEXT]
+    python benchmarks/bench.py [--url URL] [--redis URL] [--rabbitmq URL] [--nats URL] [--quick]
+                               [--only ours,redis,...] [--workloads latency,thread,...] [--vacuum]
+                               [--label TEXT]
     python benchmarks/bench.py scaling|soak|pgbouncer|plan-drift|stats-backlog|pool-checkout [--help]
 
 Without a subcommand: each comparison workload runs against every selected layer in turn,
-with a fresh layer each time, and one table comes last. A layer whose package or service is
-missing is skipped with a note; a workload that errors or stalls shows that in its cell.
+with a fresh layer each time, and the tables (figures, then ours divided by each peer's) come
+last. A layer whose package or service is missing is skipped with a note; a workload it cannot
+do (a feature it lacks) shows "n/a", with the reason in the notes; a workload that errors or
+stalls shows that in its cell.
 The subcommands measure channel_layer_pg alone (see benchmarks/README.md). Whichever
 channel_layer_pg comes first on PYTHONPATH is measured; the header says which.
 """
@@ -27,11 +31,12 @@ from collections.abc import Awaitable, Callable
 # Run as a script, this directory is on sys.path already; run any other way, it may not be.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from harness.brokers import DEFAULT_NATS, DEFAULT_RABBITMQ
 from harness.cli import add_url, names, print_header
 from harness.compare import Counts, compare
 from harness.layers import DEFAULT_REDIS, SPECS, Services
 from harness.procs import run_worker
-from workloads import cross_process, fanout, latency, local, sync
+from workloads import cross_process, fanout, latency, local, other_process, sync
 from workloads.floors import floors
 
 # The comparison table's workloads, by the name --workloads takes, in the table's order.
@@ -42,13 +47,14 @@ WORKLOADS = {
     "local": local.WORKLOADS,
     "fanout": fanout.WORKLOADS,
     "cross": cross_process.WORKLOADS,
+    "remote": other_process.WORKLOADS,
     "sync": sync.WORKLOADS,
 }
 SUBCOMMANDS = ("scaling", "soak", "pgbouncer", "plan-drift", "stats-backlog", "pool-checkout")
 
 
 async def compare_main(args: argparse.Namespace) -> int:
-    services = Services(args.url, args.redis)
+    services = Services(args.url, args.redis, args.rabbitmq, args.nats)
     counts = Counts.quick() if args.quick else Counts()
     # Before the header, whose --vacuum then clears the dead rows the floors leave behind.
     try:
@@ -74,6 +80,12 @@ def parse_compare(argv: list[str]) -> argparse.Namespace:
         "--redis", default=DEFAULT_REDIS, help="Redis for channels_redis (default: %(default)s)"
     )
     parser.add_argument(
+        "--rabbitmq",
+        default=DEFAULT_RABBITMQ,
+        help="RabbitMQ for channels_rabbitmq (default: %(default)s)",
+    )
+    parser.add_argument("--nats", default=DEFAULT_NATS, help="NATS for channels-nats (default: %(default)s)")
+    parser.add_argument(
         "--only", type=names(tuple(SPECS)), default=list(SPECS), help=f"layers (default: {','.join(SPECS)})"
     )
     parser.add_argument(
@@ -97,6 +109,8 @@ def parse_compare(argv: list[str]) -> argparse.Namespace:
 WORKER_MODULES = {
     "cross-receive": "cross_process",
     "cross-send": "cross_process",
+    "local-send": "other_process",
+    "group-send": "other_process",
     "hops": "scaling_processes",
     "members": "scaling_groups",
     "soak": "soak",

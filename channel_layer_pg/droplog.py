@@ -17,7 +17,7 @@ from collections import Counter
 
 from .faults import FaultHooks
 
-logger = logging.getLogger("channel_layer_pg")
+logger = logging.getLogger("channel_layer_pg.capacity")
 
 SUMMARY_INTERVAL = 10.0
 # A summary names the channels and groups that dropped most; the rest are only counted.
@@ -37,9 +37,14 @@ class DropLog:
         self._quiet_after = 0.0  # and of the interval's end
         self._refused: Counter[str] = Counter()  # channel -> sends refused
         self._skipped: Counter[str] = Counter()  # group -> member deliveries skipped
+        # Every drop since the layer was made, for stats and metrics; never reset.
+        self._refused_total = 0
+        self._skipped_total = 0
 
     def send_refused(self, channel: str, capacity: int) -> None:
         """A send raised ChannelFull."""
+        with self._lock:
+            self._refused_total += 1
         if not self._counted(self._refused, channel, 1):
             logger.info(
                 "send to %r refused: the channel holds its capacity of %d messages", channel, capacity
@@ -47,10 +52,17 @@ class DropLog:
 
     def members_skipped(self, group: str, skipped: int, members: int) -> None:
         """A group_send skipped ``skipped`` of ``members`` members because their channels were full."""
+        with self._lock:
+            self._skipped_total += skipped
         if not self._counted(self._skipped, group, skipped):
             logger.info(
                 "group_send to %r skipped %d of %d members: their channels are full", group, skipped, members
             )
+
+    def totals(self) -> tuple[int, int]:
+        """Sends refused and member deliveries skipped since the layer was made."""
+        with self._lock:
+            return self._refused_total, self._skipped_total
 
     def flush(self) -> None:
         """Log the drops counted so far, if any; the layer calls this as it closes."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -11,13 +10,14 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
+from .channels_compat import ChannelsInterface
 from .config import build_config
 from .droplog import DropLog
 from .errors import ChannelFull, DatabaseUnreachableError, LayerClosedError
 from .local import Claimed, ClaimedBuffer
 from .loops import EventLoops
 from .naming import is_process_local, non_local_name, validate_channel_name, validate_group_name
-from .stats import LayerStats, with_held_in_process
+from .stats import LayerStats, check_limit, with_process_figures
 from .store import health, statements
 from .store.backend import LoopBackend
 from .store.stats import collect as collect_stats
@@ -27,16 +27,18 @@ T = TypeVar("T")
 
 Operation = Callable[[LoopBackend], Coroutine[Any, Any, T]]
 
-logger = logging.getLogger("channel_layer_pg")
 
-
-class PostgresChannelLayer:
+class PostgresChannelLayer(ChannelsInterface):
     """A channel layer whose messages and groups live in PostgreSQL tables.
 
     Every option is keyword-only and documented in the README; an unknown one is a TypeError
     that names it. The database is given as ``url``, as Django's ``NAME``/``USER``/``PASSWORD``/
     ``HOST``/``PORT``/``OPTIONS`` keys, as ``engine`` (an AsyncEngine the application owns), or
     by the ``CHANNEL_LAYER_PG_URL`` environment variable.
+
+    With Channels installed it is a ``channels.layers.BaseChannelLayer``, whose helpers
+    (``get_capacity``, ``require_valid_channel_name``, ...) it provides either way
+    (channels_compat.py).
     """
 
     # The spec lists extensions as a list; a ClassVar shared by every instance, never mutated.
@@ -126,14 +128,14 @@ class PostgresChannelLayer:
 
         The lists (channels, processes, groups, listeners) hold the ``limit`` largest.
         """
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError(f"limit must be an int, not {type(limit).__name__}")
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit}")
+        check_limit(limit)
         stats = await self._call(
             lambda backend: collect_stats(backend.fetch, prefix=self.prefix, expiry=self.expiry, limit=limit)
         )
-        return with_held_in_process(stats, self._buffer.count())
+        refused, skipped = self._drops.totals()
+        return with_process_figures(
+            stats, held_in_process=self._buffer.count(), sends_refused=refused, deliveries_skipped=skipped
+        )
 
     # -- channels ---------------------------------------------------------------------------
 

@@ -47,7 +47,8 @@ from .store.backend import LoopBackend
 
 T = TypeVar("T")
 
-logger = logging.getLogger("channel_layer_pg")
+logger = logging.getLogger("channel_layer_pg.loops")
+claims_logger = logging.getLogger("channel_layer_pg.claims")
 
 # Calls a loop other than the main thread's makes through the I/O thread before it gets a
 # backend of its own; see the module docstring for why this many.
@@ -219,7 +220,7 @@ class EventLoops:
             loop, served = stopped[0]
             await _run_on(loop, served.backend.put_back(rows))
         elif rows:
-            logger.warning(
+            claims_logger.warning(
                 "%d claimed messages no receive took are lost: no event loop of this layer is "
                 "running to put them back in the table",
                 len(rows),

@@ -8,8 +8,11 @@ import re
 
 MAX_NAME_LENGTH = 100  # the spec: names are shorter than 100 characters
 
-_CHANNEL_NAME = re.compile(r"[a-zA-Z\d\-_.]+(![\d\w\-_.]*)?")
-_GROUP_NAME = re.compile(r"[a-zA-Z\d\-_.]+")
+# Channels' BaseChannelLayer patterns, ending in \Z where Channels writes "$": "$" also matches
+# before a trailing newline, which would let "chat\n" through. Anchored at both ends, so
+# Channels' habit of calling .match() on them checks the whole name, as fullmatch does here.
+CHANNEL_NAME_REGEX = re.compile(r"^[a-zA-Z\d\-_.]+(![\d\w\-_.]*)?\Z")
+GROUP_NAME_REGEX = re.compile(r"^[a-zA-Z\d\-_.]+\Z")
 
 # LISTEN/NOTIFY channel names are identifiers of at most 63 bytes; a hash keeps every valid
 # channel name (and every prefix) inside that limit and free of anything that needs quoting.
@@ -26,8 +29,7 @@ def validate_channel_name(name: object) -> str:
         raise TypeError(f"channel name must be a str, not {type(name).__name__}: {name!r}")
     if len(name) >= MAX_NAME_LENGTH:
         raise TypeError(f"channel name must be shorter than {MAX_NAME_LENGTH} characters: {name!r}")
-    # fullmatch, not match with "$": "$" also matches before a trailing newline.
-    if not _CHANNEL_NAME.fullmatch(name):
+    if not CHANNEL_NAME_REGEX.match(name):
         raise TypeError(
             f"invalid channel name {name!r}: use ASCII letters, digits, '-', '_' and '.', "
             "optionally followed by '!' and a local part"
@@ -41,7 +43,7 @@ def validate_group_name(name: object) -> str:
         raise TypeError(f"group name must be a str, not {type(name).__name__}: {name!r}")
     if len(name) >= MAX_NAME_LENGTH:
         raise TypeError(f"group name must be shorter than {MAX_NAME_LENGTH} characters: {name!r}")
-    if not _GROUP_NAME.fullmatch(name):
+    if not GROUP_NAME_REGEX.match(name):
         raise TypeError(f"invalid group name {name!r}: use ASCII letters, digits, '-', '_' and '.'")
     return name
 

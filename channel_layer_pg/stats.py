@@ -64,9 +64,14 @@ class LayerStats:
     # the one this release of the package needs.
     schema_revision: str | None
     schema_head: str
-    # Messages waiting in the asking layer's own memory (sent to its own process-local
-    # channels, or claimed for a receive that was cancelled); None when asked from outside.
+    # The asking layer's own figures; None when asked from outside (LayerStats built by hand).
+    # Messages waiting in its memory (sent to its own process-local channels, or claimed for a
+    # receive that was cancelled):
     held_in_process: int | None = None
+    # Capacity drops since it was made: sends that raised ChannelFull, and deliveries of a
+    # group_send skipped because the member's channel was full.
+    sends_refused: int | None = None
+    deliveries_skipped: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only: for ``json.dumps`` and metrics exporters."""
@@ -78,8 +83,23 @@ class LayerStats:
         return format_stats(self)
 
 
-def with_held_in_process(stats: LayerStats, held: int) -> LayerStats:
-    return replace(stats, held_in_process=held)
+def check_limit(limit: object) -> None:
+    """Refuse a ``limit`` (how many of each list stats hold) that is not a positive int."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+
+
+def with_process_figures(
+    stats: LayerStats, *, held_in_process: int, sends_refused: int, deliveries_skipped: int
+) -> LayerStats:
+    return replace(
+        stats,
+        held_in_process=held_in_process,
+        sends_refused=sends_refused,
+        deliveries_skipped=deliveries_skipped,
+    )
 
 
 # -- as text for a terminal: a line of totals per section, then its largest entries --------
@@ -99,6 +119,11 @@ def format_stats(stats: LayerStats) -> str:
     )
     if stats.held_in_process is not None:
         lines.append(f"messages held in this process's memory: {stats.held_in_process:,}")
+    if stats.sends_refused is not None and stats.deliveries_skipped is not None:
+        lines.append(
+            f"capacity drops by this layer: {stats.sends_refused:,} sends refused with ChannelFull, "
+            f"{stats.deliveries_skipped:,} group_send deliveries skipped"
+        )
     lines += [
         "",
         f"channels with queued messages: {stats.channel_count:,}",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from channel_layer_pg import PostgresChannelLayer
@@ -107,3 +108,26 @@ class CancelAfterClaim(FaultHooks):
         if name in CLAIMS and task is not None:
             self.target = None
             cancel(task)
+
+
+@asynccontextmanager
+async def channel_layers_setting(layers: dict[str, Any]) -> AsyncIterator[None]:
+    """Django's CHANNEL_LAYERS set to ``layers`` inside the block, as a project's settings would.
+
+    Channels builds each layer on first use and never closes it: those it built are closed
+    on the way out.
+    """
+    from channels.layers import channel_layers
+    from django.conf import settings
+    from django.test.utils import override_settings
+
+    if not settings.configured:
+        settings.configure()
+    # Changing CHANNEL_LAYERS makes Channels drop the layers it built before, on entry and exit.
+    with override_settings(CHANNEL_LAYERS=layers):
+        try:
+            yield
+        finally:
+            for layer in list(channel_layers.backends.values()):
+                if isinstance(layer, PostgresChannelLayer):
+                    await layer.close()

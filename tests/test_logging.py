@@ -1,4 +1,4 @@
-"""What the layer logs on the channel_layer_pg logger, and what it never logs."""
+"""What the layer logs on the channel_layer_pg loggers, on which one, and what it never logs."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+import channel_layer_pg
 from channel_layer_pg import ChannelFull, DatabaseUnreachableError, PostgresChannelLayer
 from channel_layer_pg.faults import FaultHooks
 from tests.conftest import connect
@@ -56,6 +58,19 @@ def messages(caplog: pytest.LogCaptureFixture, containing: str) -> list[str]:
     return [record.getMessage() for record in caplog.records if containing in record.getMessage()]
 
 
+def loggers(caplog: pytest.LogCaptureFixture, containing: str) -> set[str]:
+    """The names of the loggers that logged a message containing ``containing``."""
+    return {record.name for record in caplog.records if containing in record.getMessage()}
+
+
+async def expire_everything(layer: PostgresChannelLayer, sql: Sql) -> None:
+    """Make every message and membership under the layer's prefix expired, for a cleanup run."""
+    for table in ("channel_layer_pg_message", "channel_layer_pg_group_member"):
+        await sql(
+            f"UPDATE {table} SET expires_at = now() - interval '1 second' WHERE prefix = $1", layer.prefix
+        )
+
+
 async def blocked_by(sql: Sql, blocker: asyncpg.Connection) -> None:
     """Wait until some session waits for a lock ``blocker`` holds."""
     query = "SELECT count(*) AS n FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
@@ -91,8 +106,9 @@ async def test_a_send_refused_for_capacity_is_logged_with_its_channel(
     await layer.send("test.full", {"type": "fills it"})
     with pytest.raises(ChannelFull):
         await layer.send("test.full", {"type": "refused"})
-    (message,) = messages(caplog, "refused")
+    (message,) = messages(caplog, "send to 'test.full' refused")
     assert "'test.full'" in message and "capacity of 1" in message
+    assert loggers(caplog, "send to 'test.full' refused") == {"channel_layer_pg.capacity"}
 
 
 async def test_a_flood_of_skipped_members_logs_one_line_then_a_summary_at_close(
@@ -155,6 +171,7 @@ async def test_a_lost_listen_connection_is_logged_with_how_long_it_was_down(
     (back,) = [record for record in caplog.records if "restored after" in record.getMessage()]
     assert back.levelno == logging.INFO
     assert re.search(r"restored after \d+\.\d s down", back.getMessage())
+    assert lost.name == back.name == "channel_layer_pg.listener"
 
 
 async def test_a_cleanup_run_logs_how_many_rows_it_removed(
@@ -163,14 +180,7 @@ async def test_a_cleanup_run_logs_how_many_rows_it_removed(
     await layer.send("test.expiring", {"type": "x"})
     await layer.send("test.expiring", {"type": "x"})
     await layer.group_add("room", "test.lapsing")
-    await sql(
-        "UPDATE channel_layer_pg_message SET expires_at = now() - interval '1 second' WHERE prefix = $1",
-        layer.prefix,
-    )
-    await sql(
-        "UPDATE channel_layer_pg_group_member SET expires_at = now() - interval '1 second' WHERE prefix = $1",
-        layer.prefix,
-    )
+    await expire_everything(layer, sql)
     await layer.delete_expired()
     (message,) = messages(caplog, "cleanup removed")
     # Cleanup covers every prefix: other tests' expired rows may be in the count too.
@@ -179,6 +189,7 @@ async def test_a_cleanup_run_logs_how_many_rows_it_removed(
     )
     assert found is not None
     assert int(found[1]) >= 2 and int(found[2]) >= 1
+    assert loggers(caplog, "cleanup removed") == {"channel_layer_pg.cleanup"}
 
 
 async def test_a_slow_statement_is_logged_by_name(
@@ -201,6 +212,7 @@ async def test_a_slow_statement_is_logged_by_name(
     await asyncio.wait_for(adding, TIMEOUT)
     (message,) = messages(caplog, "slow statement")
     assert re.fullmatch(r"slow statement: statements\.GROUP_ADD took \d+\.\d\d s", message)
+    assert loggers(caplog, "slow statement") == {"channel_layer_pg.statements"}
 
 
 async def test_no_record_holds_a_payload_or_the_password(
@@ -262,5 +274,50 @@ async def test_no_record_holds_a_payload_or_the_password(
     }
     text = "\n".join(logging.Formatter().format(record) for record in caplog.records)
     assert {kind for kind in logged_kinds if kind in text} == logged_kinds
+    assert loggers(caplog, "cannot reach PostgreSQL") == {"channel_layer_pg.pool"}
     assert SECRET not in text
     assert PASSWORD not in text
+
+
+async def test_quieting_the_cleanup_logger_keeps_the_listener_s_and_capacity_s_records(
+    make_layer: LayerFactory, sql: Sql, caplog: pytest.LogCaptureFixture, logged: Awaited
+) -> None:
+    # Not caplog.set_level: it would raise the level of caplog's own handler too.
+    cleanup = logging.getLogger("channel_layer_pg.cleanup")
+    cleanup.setLevel(logging.WARNING)
+    layer = make_layer(capacity=1)
+    receiving = asyncio.create_task(layer.receive("test.waiting"))
+    try:
+        await layer.send("test.full", {"type": "fills it"})
+        with pytest.raises(ChannelFull):
+            await layer.send("test.full", {"type": "refused"})
+        await layer.group_add("room", "test.lapsing")
+        await expire_everything(layer, sql)
+        assert await layer.delete_expired() >= 2
+        await kill_listener(layer, sql, logged)
+    finally:
+        cleanup.setLevel(logging.NOTSET)
+        receiving.cancel()
+        await asyncio.gather(receiving, return_exceptions=True)
+    assert not messages(caplog, "cleanup removed")
+    assert loggers(caplog, "send to 'test.full' refused") == {"channel_layer_pg.capacity"}
+    assert (
+        loggers(caplog, "lost; reconnecting")
+        == loggers(caplog, "restored after")
+        == {"channel_layer_pg.listener"}
+    )
+
+
+def test_every_logger_is_a_child_of_channel_layer_pg_named_in_the_docs() -> None:
+    package = Path(channel_layer_pg.__file__).parent
+    used = {
+        name
+        for path in package.rglob("*.py")
+        for name in re.findall(r"getLogger\(([^)]*)\)", path.read_text(encoding="utf-8"))
+    }
+    used.discard('"alembic"')  # the migrate command shows Alembic's own progress
+    assert used and all(re.fullmatch(r'"channel_layer_pg\.[a-z]+"', name) for name in used), used
+    operations = (package.parent / "docs" / "operations.md").read_text(encoding="utf-8")
+    logging_section = operations.split("## Logging", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(channel_layer_pg\.[a-z]+)` \|", logging_section, re.MULTILINE))
+    assert {name.strip('"') for name in used} == documented

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from channel_layer_pg import LayerStats, PostgresChannelLayer
+from channel_layer_pg import ChannelFull, LayerStats, PostgresChannelLayer
 from channel_layer_pg.stats import GroupSize
 from channel_layer_pg.store.migrate import migration_head
 from channel_layer_pg.store.schema import VERSION_TABLE
@@ -163,6 +163,8 @@ async def test_an_empty_prefix_has_nothing_and_no_oldest_age(layer: PostgresChan
         schema_revision=version["version_num"],
         schema_head=migration_head(),
         held_in_process=0,
+        sends_refused=0,
+        deliveries_skipped=0,
     )
 
 
@@ -237,3 +239,20 @@ async def test_messages_held_in_the_layers_memory_are_counted_apart(layer: Postg
     stats = await layer.stats()
     assert (stats.messages, stats.held_in_process) == (1, 1)
     assert "messages held in this process's memory: 1" in stats.format()
+
+
+async def test_capacity_drops_of_the_layer_are_counted(make_layer: LayerFactory) -> None:
+    layer, other = make_layer(capacity=1), make_layer(capacity=1)
+    await layer.send("test.full", {"type": "fills it"})
+    for _ in range(2):
+        with pytest.raises(ChannelFull):
+            await layer.send("test.full", {"type": "refused"})
+    for member in ("test.full", "test.free", "test.full-too"):
+        await layer.group_add("room", member)
+    await layer.send("test.full-too", {"type": "fills it"})
+    await layer.group_send("room", {"type": "reaches test.free only"})
+    stats = await layer.stats()
+    assert (stats.sends_refused, stats.deliveries_skipped) == (2, 2)
+    assert "2 sends refused with ChannelFull, 2 group_send deliveries skipped" in stats.format()
+    # Each layer instance counts its own.
+    assert ((await other.stats()).sends_refused, (await other.stats()).deliveries_skipped) == (0, 0)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .db import first_line
-from .layers import CHANNELS_POSTGRES, OURS, REDIS, SPECS, LayerSpec, Services, cancelling, close_layer
+from .layers import CHANNELS_POSTGRES, OURS, SHARED, SPECS, LayerSpec, Services, cancelling, close_layer
 from .table import render
 
 WARMUP = "bench.warmup"
@@ -37,19 +37,30 @@ class Counts:
     fanout_sends: int = 20
     cross_messages: int = 5000
     sync_calls: int = 1000
+    # Another process sends: to this many process-local channels of this one, so many each...
+    remote_channels: int = 20
+    remote_per_channel: int = 250
+    # ... and group_sends to the fanout_members of a group in this one, one at a time.
+    remote_group_sends: int = 50
     stall: float = 10.0  # seconds one operation (or the whole workload) may go without progress
     limit: float = 60.0  # seconds one workload may take in all
 
     @classmethod
     def quick(cls) -> Counts:
-        return cls(200, 10, 50, 20, 200, 5, 500, 100, 6.0, 20.0)
+        return cls(
+            latency_rounds=200, latency_warmup=10, local_per_receiver=20, fanout_sends=5,
+            cross_messages=500, sync_calls=100, remote_per_channel=50, remote_group_sends=10,
+            stall=6.0, limit=20.0,
+        )  # fmt: skip
 
     def describe(self) -> str:
         return (
             f"latency {self.latency_rounds} round trips; process-local {self.local_receivers} receivers x "
             f"{self.local_per_receiver}; fan-out {self.fanout_members} members x {self.fanout_sends} "
-            f"group_sends; cross-process {self.cross_messages}; sync {self.sync_calls} calls each; timeout "
-            f"after {self.stall:g} s without progress or {self.limit:g} s in all"
+            f"group_sends; cross-process {self.cross_messages}; sync {self.sync_calls} calls each; "
+            f"from another process {self.remote_channels} process-local channels x "
+            f"{self.remote_per_channel} and {self.remote_group_sends} group_sends; timeout after "
+            f"{self.stall:g} s without progress or {self.limit:g} s in all"
         )
 
 
@@ -76,6 +87,7 @@ class Context:
     counts: Counts
     progress: Progress
     layer: Any = None  # None for workloads that make their layers in worker processes
+    prefix: str = ""  # the layer's; a worker process makes its own instance on it
     # Another instance of the layer on the same prefix, as a second app server would have.
     make_peer: Callable[[], Any] | None = None
 
@@ -99,8 +111,14 @@ class Workload:
     name: str
     run: Callable[[Context], Awaitable[Outcome]]
     metrics: tuple[Metric, ...]
-    in_process: bool = True  # False: the workload starts its own worker processes
-    shared_state: bool = False  # needs two instances that share messages (not the in-memory layer)
+    in_process: bool = True  # False: the workload makes no layer here, only in worker processes
+    # Features (layers.NORMAL, LOOPS, SHARED, GROUPS) a layer must have; without one, "n/a".
+    needs: tuple[str, ...] = ()
+
+    def missing(self, spec: LayerSpec) -> list[str]:
+        """Why ``spec`` cannot run this workload: the reasons for the features it lacks."""
+        needed = {*self.needs, *(() if self.in_process else (SHARED,))}
+        return [reason for feature, reason in spec.lacks.items() if feature in needed]
 
 
 class WorkloadError(Exception):
@@ -168,7 +186,10 @@ class Receiver:
 
     async def run(self) -> None:
         while self.tally.received < self.expected:
-            got = await asyncio.wait_for(self.ctx.layer.receive(self.channel), self.ctx.counts.stall)
+            # Unbounded, as a Channels consumer receives: the runner's stall limit cancels the
+            # workload and so these tasks, and a wait_for here would add a task per message,
+            # a fifth or more of a fan-out figure at tens of thousands of deliveries a second.
+            got = await self.ctx.layer.receive(self.channel)
             if got.get("type") == WARMUP:
                 self.ready.set()
             elif self.tally.add(got["n"]):
@@ -267,7 +288,7 @@ async def run_cell(
     with Complaints() as complaints:
         try:
             if workload.in_process:
-                prefix = fresh_prefix()
+                prefix = ctx.prefix = fresh_prefix()
                 ctx.layer = spec.make(services, prefix)
                 ctx.make_peer = lambda: spec.make(services, prefix)
             outcome = await _supervise(workload.run(ctx), progress, counts)
@@ -294,10 +315,12 @@ async def _teardown(
 ) -> list[str]:
     """Flush and close the layer; report (and cancel) what it left running after that."""
     notes = []
-    for step, action in (
-        ("flush", layer.flush),
-        ("close", lambda: close_layer(spec.name, layer, counts.stall)),
-    ):
+    steps = [("close", lambda: close_layer(spec.name, layer, counts.stall))]
+    # Only where the layer claims the extension: channels_rabbitmq's flush() raises
+    # NotImplementedError, and channels-nats' clears this instance only, as close() does.
+    if "flush" in getattr(layer, "extensions", ()):
+        steps.insert(0, ("flush", layer.flush))
+    for step, action in steps:
         try:
             await asyncio.wait_for(action(), counts.stall)
         except TimeoutError:
@@ -402,11 +425,14 @@ async def compare(
             notes.append(f"skipping {name}: {reason}")
             print(f"skipping {name}: {reason}", flush=True)
     results: dict[str, dict[str, Cell]] = {m.key: {} for w in workloads for m in w.metrics}
+    unable: dict[tuple[str, str], list[str]] = {}  # (layer, reason) -> workloads shown as n/a
     for workload in workloads:
         for spec in specs:
-            if (not workload.in_process or workload.shared_state) and not spec.cross_process:
+            if missing := workload.missing(spec):
                 for metric in workload.metrics:
                     results[metric.key][spec.name] = Cell(failure="n/a")
+                for reason in missing:
+                    unable.setdefault((spec.name, reason), []).append(workload.name)
                 continue
             started = time.monotonic()
             outcome, failure, cell_notes = await run_cell(workload, spec, services, counts)
@@ -423,16 +449,25 @@ async def compare(
             print(
                 f"  [{workload.name}] {spec.name}: {shown}  ({time.monotonic() - started:.1f} s)", flush=True
             )
+    notes[:0] = [
+        f"{layer}: n/a for {', '.join(map(repr, names))}: {why}" for (layer, why), names in unable.items()
+    ]
     layers = [spec.name for spec in specs]
-    others = [o for o in (REDIS, CHANNELS_POSTGRES) if o in layers and OURS in layers]
-    rows = []
+    others = [layer for layer in layers if layer != OURS] if OURS in layers else []
+    rows, ratios = [], []
     for metric in (m for w in workloads for m in w.metrics):
         cells = results[metric.key]
         direction = "lower is better" if metric.lower_is_better else "higher is better"
-        row = [f"{metric.label} ({metric.unit}, {direction})"]
-        row += [cells.get(layer, Cell()).text(metric) for layer in layers]
+        label = f"{metric.label} ({metric.unit}, {direction})"
+        rows.append([label, *(cells.get(layer, Cell()).text(metric) for layer in layers)])
+        ours = cells.get(OURS, Cell()).value
+        ratio = [label]
         for other in others:
-            a, b = cells.get(OURS, Cell()).value, cells.get(other, Cell()).value
-            row.append(f"{a / b:.2f}x" if a is not None and b else "-")
-        rows.append(row)
-    return render(["workload", *layers, *(f"ours vs {o}" for o in others)], rows), notes
+            theirs = cells.get(other, Cell()).value
+            ratio.append(f"{ours / theirs:.2f}x" if ours is not None and theirs else "-")
+        ratios.append(ratio)
+    table = render(["workload", *layers], rows)
+    if others:
+        table += "\n\nours / peer (the figure of ours divided by the peer's; read with the row's direction)\n"
+        table += render(["workload", *(f"vs {o}" for o in others)], ratios)
+    return table, notes

@@ -19,7 +19,10 @@ from sqlalchemy.engine import make_url
 from .layers import imported_from
 
 TABLES = ("channel_layer_pg_message", "channel_layer_pg_group_member")
-PACKAGES = ("channel-layer-pg", "channels", "channels-redis", "channels-postgres", "asyncpg", "psycopg")
+PACKAGES = (
+    "channel-layer-pg", "channels", "channels-redis", "channels-postgres", "channels-rabbitmq",
+    "channels-nats", "asyncpg", "psycopg",
+)  # fmt: skip
 
 
 async def connect(url: str, **options: Any) -> Any:

@@ -1,4 +1,5 @@
-"""The one place that makes layers: ours, channels_redis, channels_postgres, in-memory.
+"""The one place that makes layers: ours, channels_redis, channels_postgres, in-memory, and
+channels_rabbitmq and channels-nats (made in ``brokers.py``).
 
 Ours is imported through its public API only (``from channel_layer_pg import ...``), so the
 same harness runs against any checkout put first on PYTHONPATH. The few internals a workload
@@ -16,15 +17,26 @@ import os
 import subprocess
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from . import brokers
+from .procs import worker_services
 
 # Every layer that has the option gets it, so throughput workloads never lose messages (or
 # raise ChannelFull) because a queue filled faster than its receiver drained it.
 CAPACITY = 10_000
 OURS, REDIS, CHANNELS_POSTGRES, INMEMORY = "ours", "redis", "channels_postgres", "inmemory"
+RABBITMQ, NATS = "rabbitmq", "nats"
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/bench"
 DEFAULT_REDIS = "redis://127.0.0.1:6379"
+RABBITMQ_ENV, NATS_ENV = "BENCH_RABBITMQ", "BENCH_NATS"
+
+# What a workload may need that some layer lacks (Workload.needs, LayerSpec.lacks).
+NORMAL = "normal channels"  # send/receive on a plain name, a work queue shared by processes
+LOOPS = "other event loops"  # calls from a loop other than the one the layer was made on
+SHARED = "shared state"  # a second instance, or another process, reaches this one's channels
+GROUPS = "groups"
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,23 @@ class Services:
 
     pg_url: str
     redis_url: str = DEFAULT_REDIS
+    rabbitmq_url: str = brokers.DEFAULT_RABBITMQ
+    nats_url: str = brokers.DEFAULT_NATS
+
+    def environment(self) -> dict[str, str]:
+        """For a worker process, beside the database and Redis URLs procs passes itself;
+        in its environment, never in argv, where ps would show a password."""
+        return {RABBITMQ_ENV: self.rabbitmq_url, NATS_ENV: self.nats_url}
+
+    @classmethod
+    def in_worker(cls) -> Services:
+        url, redis = worker_services()
+        return cls(
+            url,
+            redis or DEFAULT_REDIS,
+            os.environ.get(RABBITMQ_ENV, brokers.DEFAULT_RABBITMQ),
+            os.environ.get(NATS_ENV, brokers.DEFAULT_NATS),
+        )
 
 
 def ours(url: str, prefix: str, **options: Any) -> Any:
@@ -97,10 +126,13 @@ class LayerSpec:
     name: str
     # A reason the layer cannot run here (package or service missing), or None if it can.
     unavailable: Callable[[Services], Awaitable[str | None]]
-    # A fresh layer on the given prefix. Synchronous: constructors must not need a loop.
+    # A fresh layer on the given prefix, made on the event loop that uses it first
+    # (channels_rabbitmq needs a running loop and binds to it); it opens nothing yet.
     make: Callable[[Services, str], Any]
     describe: Callable[[Any], str]
-    cross_process: bool = True  # False: messages never leave the process (in-memory)
+    # Features (NORMAL, LOOPS, SHARED, GROUPS) the layer lacks, each with the reason: a
+    # workload that needs one shows "n/a" for this layer, and the reason goes in the notes.
+    lacks: dict[str, str] = field(default_factory=dict)
 
 
 async def _ours_unavailable(services: Services) -> str | None:
@@ -231,7 +263,20 @@ SPECS: dict[str, LayerSpec] = {
             _inmemory_unavailable,
             _make_inmemory,
             lambda layer: f"capacity={layer.capacity}, expiry={layer.expiry}",
-            cross_process=False,
+            lacks={SHARED: "its instances share nothing: messages never leave the instance"},
+        ),
+        LayerSpec(
+            RABBITMQ,
+            lambda services: brokers.rabbitmq_unavailable(services.rabbitmq_url),
+            lambda services, _prefix: brokers.make_rabbitmq(services.rabbitmq_url, CAPACITY),
+            brokers.describe_rabbitmq,
+            lacks={NORMAL: brokers.RABBITMQ_NO_NORMAL, LOOPS: brokers.RABBITMQ_ONE_LOOP},
+        ),
+        LayerSpec(
+            NATS,
+            lambda services: brokers.nats_unavailable(services.nats_url),
+            lambda services, prefix: brokers.make_nats(services.nats_url, prefix, CAPACITY),
+            brokers.describe_nats,
         ),
     )
 }

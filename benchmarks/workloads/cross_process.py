@@ -24,8 +24,8 @@ from harness.compare import (
     tally_notes,
     token,
 )
-from harness.layers import SPECS, Services, close_layer
-from harness.procs import STARTUP_TIMEOUT, Worker, WorkerFailed, WorkerQuiet, emit, message, worker_services
+from harness.layers import NORMAL, SPECS, Services, close_layer
+from harness.procs import STARTUP_TIMEOUT, Worker, WorkerFailed, WorkerQuiet, emit, message
 
 
 async def cross_process(ctx: Context) -> Outcome:
@@ -34,14 +34,14 @@ async def cross_process(ctx: Context) -> Outcome:
         "layer": ctx.layer_name, "prefix": fresh_prefix(), "channel": f"bench.cross.{token()}",
         "count": counts.cross_messages, "stall": counts.stall,
     }  # fmt: skip
-    url, redis = ctx.services.pg_url, ctx.services.redis_url
+    url, redis, env = ctx.services.pg_url, ctx.services.redis_url, ctx.services.environment()
     ctx.progress.total = counts.cross_messages
-    receiver = await Worker.start("cross-receive", url, redis, **params)
+    receiver = await Worker.start("cross-receive", url, redis, env=env, **params)
     sender: Worker | None = None
     try:
         await receiver.expect("ready", counts.stall + STARTUP_TIMEOUT)
         ctx.progress.beat()
-        sender = await Worker.start("cross-send", url, redis, **params)
+        sender = await Worker.start("cross-send", url, redis, env=env, **params)
         sent = asyncio.create_task(sender.expect("result", counts.limit + STARTUP_TIMEOUT))
         try:
             while not (report := await _poll(receiver, ctx)):
@@ -81,9 +81,8 @@ async def _poll(receiver: Worker, ctx: Context) -> dict[str, Any] | None:
 
 
 async def _in_worker(params: dict[str, Any], run: Any) -> None:
-    url, redis = worker_services()
     spec = SPECS[params["layer"]]
-    layer = spec.make(Services(url, redis), params["prefix"])
+    layer = spec.make(Services.in_worker(), params["prefix"])
     try:
         await run(layer, params["channel"], params["count"], params["stall"])
     finally:
@@ -93,6 +92,7 @@ async def _in_worker(params: dict[str, Any], run: Any) -> None:
 async def _receive(layer: Any, channel: str, count: int, stall: float) -> None:
     tally = Tally()
     first = last = 0.0
+    subscribed = asyncio.Event()
 
     async def receive_all() -> None:
         nonlocal first, last
@@ -101,7 +101,10 @@ async def _receive(layer: Any, channel: str, count: int, stall: float) -> None:
             got = await asyncio.wait_for(
                 layer.receive(channel), stall if tally.received else stall + STARTUP_TIMEOUT
             )
-            if got.get("type") == WARMUP or not tally.add(got["n"]):
+            if got.get("type") == WARMUP:
+                subscribed.set()
+                continue
+            if not tally.add(got["n"]):
                 continue
             last = time.perf_counter()
             first = first or last
@@ -109,7 +112,20 @@ async def _receive(layer: Any, channel: str, count: int, stall: float) -> None:
                 emit(event="progress", received=tally.received)
 
     task = asyncio.create_task(receive_all())
-    await asyncio.sleep(0.3)  # for the first receive to subscribe (LISTEN, advisory lock) before any send
+    # Ready once a warm-up sent to itself arrived: the receive has subscribed (LISTEN, an
+    # advisory lock, a NATS subscription) and nothing the sender sends is dropped for want of it.
+    deadline = time.monotonic() + stall
+    while not subscribed.is_set():
+        if task.done():
+            await task  # its error says why
+        if time.monotonic() > deadline:
+            task.cancel()
+            raise TimeoutError(f"a warm-up message sent to itself never arrived within {stall:g} s")
+        await asyncio.wait_for(layer.send(channel, {"type": WARMUP}), stall)
+        try:
+            await asyncio.wait_for(subscribed.wait(), 1.0)
+        except TimeoutError:
+            pass
     emit(event="ready")
     try:
         await task
@@ -141,6 +157,7 @@ WORKLOADS = (
         cross_process,
         (Metric("cross", "cross-process throughput", "msg/s"),),
         in_process=False,
+        needs=(NORMAL,),
     ),
 )
 WORKERS = {"cross-receive": receive_worker, "cross-send": send_worker}

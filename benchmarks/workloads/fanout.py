@@ -24,6 +24,7 @@ from harness.compare import (
     token,
     with_peer,
 )
+from harness.layers import GROUPS, SHARED
 from harness.procs import message
 
 
@@ -58,11 +59,11 @@ async def other_instance(ctx: Context) -> Outcome:
 
 
 WORKLOADS = (
-    Workload("fan-out", same_instance, (Metric("fanout", "group fan-out", "deliveries/s"),)),
+    Workload("fan-out", same_instance, (Metric("fanout", "group fan-out", "deliveries/s"),), needs=(GROUPS,)),
     Workload(
         "fan-out, another instance sends",
         other_instance,
         (Metric("fanout_peer", "group fan-out, sent by another instance", "deliveries/s"),),
-        shared_state=True,
+        needs=(GROUPS, SHARED),
     ),
 )

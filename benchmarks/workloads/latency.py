@@ -24,7 +24,7 @@ import threading
 import time
 
 from harness.compare import Context, Metric, Outcome, Tally, Workload, tally_notes, token
-from harness.layers import CHANNELS_POSTGRES, close_layer
+from harness.layers import CHANNELS_POSTGRES, LOOPS, NATS, NORMAL, close_layer
 from harness.procs import centiles, message, round_trips
 
 # Round trips (two calls each) a loop in a thread makes before it is measured.
@@ -61,8 +61,9 @@ async def other_thread(ctx: Context) -> Outcome:
             warmup = max(ctx.counts.latency_warmup, THREAD_WARMUP)
             return await asyncio.wait_for(_measure(ctx, warmup), ctx.counts.limit)
         finally:
-            if ctx.layer_name == CHANNELS_POSTGRES:
-                # Its module-global pool belongs to this loop, which ends here.
+            if ctx.layer_name in (CHANNELS_POSTGRES, NATS):
+                # What it opened on this loop (channels_postgres' module-global pool,
+                # channels-nats' connection per loop) belongs to the loop, which ends here.
                 await close_layer(ctx.layer_name, ctx.layer, ctx.counts.stall)
 
     def run() -> None:
@@ -80,10 +81,8 @@ async def other_thread(ctx: Context) -> Outcome:
 async def sequential_sends(ctx: Context) -> Outcome:
     layer, stall, sends = ctx.layer, ctx.counts.stall, ctx.counts.latency_rounds
     channel = f"bench.sends.{token()}"
-    for n in range(ctx.counts.latency_warmup):
-        await asyncio.wait_for(layer.send(channel, message(-1 - n)), stall)
-        await asyncio.wait_for(layer.receive(channel), stall)
-        ctx.progress.beat()
+    await round_trips(layer, channel, count=0, warmup=ctx.counts.latency_warmup, timeout=stall)
+    ctx.progress.beat()
     ctx.progress.total = sends
     start = time.perf_counter()
     for n in range(sends):
@@ -102,7 +101,12 @@ def _ms(key: str, label: str) -> Metric:
 
 
 WORKLOADS = (
-    Workload("latency", main_thread, (_ms("latency_p50", "latency p50"), _ms("latency_p99", "latency p99"))),
+    Workload(
+        "latency",
+        main_thread,
+        (_ms("latency_p50", "latency p50"), _ms("latency_p99", "latency p99")),
+        needs=(NORMAL,),
+    ),
     Workload(
         "latency, loop in another thread",
         other_thread,
@@ -110,6 +114,7 @@ WORKLOADS = (
             _ms("thread_p50", "latency p50, loop in a thread"),
             _ms("thread_p99", "latency p99, loop in a thread"),
         ),
+        needs=(NORMAL, LOOPS),
     ),
-    Workload("sequential sends", sequential_sends, (_ms("send_ms", "sequential send"),)),
+    Workload("sequential sends", sequential_sends, (_ms("send_ms", "sequential send"),), needs=(NORMAL,)),
 )

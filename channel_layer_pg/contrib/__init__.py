@@ -1,1 +1,1 @@
-"""Optional integrations with frameworks; each imported only by the projects that use it."""
+"""Integrations with frameworks, each imported only by applications that use it."""

@@ -25,7 +25,8 @@ from .db import StatementRunner, create_engine, create_listen_engine
 from .listener import Listener
 from .sendbatch import PendingSend, SendBatcher
 
-logger = logging.getLogger("channel_layer_pg")
+cleanup_logger = logging.getLogger("channel_layer_pg.cleanup")
+claims_logger = logging.getLogger("channel_layer_pg.claims")
 
 CLEANUP_INTERVAL = 30.0
 
@@ -141,7 +142,7 @@ class LoopBackend:
         if claims:
             _, unfinished = await asyncio.wait(claims, timeout=self._config.close_timeout)
             if unfinished:
-                logger.warning(
+                claims_logger.warning(
                     "%d claims were still running %g s into close(); whatever they claim is lost",
                     len(unfinished),
                     self._config.close_timeout,
@@ -185,9 +186,9 @@ class LoopBackend:
         except Exception as exc:
             reason = str(exc)
         else:
-            logger.info("put %d claimed messages no receive took back in the table", len(rows))
+            claims_logger.info("put %d claimed messages no receive took back in the table", len(rows))
             return
-        logger.warning(
+        claims_logger.warning(
             "%d claimed messages no receive took are lost: putting them back failed: %s", len(rows), reason
         )
 
@@ -226,7 +227,7 @@ class LoopBackend:
             try:
                 await self.delete_expired()
             except Exception as exc:
-                logger.warning("removing expired rows failed: %s", exc)
+                cleanup_logger.warning("removing expired rows failed: %s", exc)
 
     async def delete_expired(self) -> int:
         """Remove expired messages and lapsed memberships in bounded batches; rows removed."""
@@ -241,7 +242,7 @@ class LoopBackend:
                     break
         messages, memberships = removed
         # Quiet when there was nothing to do: every process cleans every 30 s.
-        logger.log(
+        cleanup_logger.log(
             logging.INFO if messages or memberships else logging.DEBUG,
             "cleanup removed %d expired messages and %d lapsed group memberships in %.3f s",
             messages,

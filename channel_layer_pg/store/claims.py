@@ -20,7 +20,7 @@ from .backoff import Backoff
 from .known_empty import KnownEmpty
 from .listener import Listener, NotificationsNotDelivered
 
-logger = logging.getLogger("channel_layer_pg")
+logger = logging.getLogger("channel_layer_pg.claims")
 
 # A safety net under NOTIFY: a reader with waiters looks at the table at least this often,
 # so even a wake-up lost to a broken connection costs seconds, never a stuck receive.

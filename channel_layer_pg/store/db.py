@@ -26,7 +26,8 @@ T = TypeVar("T")
 # Where the statements the runner is given are defined, for naming them in logs.
 _STATEMENT_MODULES = (statements, stats, health)
 
-logger = logging.getLogger("channel_layer_pg")
+pool_logger = logging.getLogger("channel_layer_pg.pool")
+statements_logger = logging.getLogger("channel_layer_pg.statements")
 
 # Waits between attempts to open a connection for a statement, 1.75 s in all: long enough
 # to ride out a quick server restart, short enough that a caller hears of a real outage
@@ -234,7 +235,7 @@ class StatementRunner:
                     raise
                 delay = backoff.next()
                 # Nothing was sent: the server may be restarting, so try again shortly.
-                logger.warning("%s; retrying in %.2f s", exc, delay)
+                pool_logger.warning("%s; retrying in %.2f s", exc, delay)
                 await asyncio.sleep(delay)
                 continue
             if held.driver.is_closed() and dead_allowed > 0:
@@ -295,7 +296,7 @@ class StatementRunner:
 
 def _warn_if_slow(name: str, seconds: float, threshold: float) -> None:
     if seconds >= threshold:
-        logger.warning("slow statement: %s took %.2f s", name, seconds)
+        statements_logger.warning("slow statement: %s took %.2f s", name, seconds)
 
 
 class _Compiled:

@@ -25,7 +25,7 @@ from ..naming import listener_application_name
 from .backoff import Backoff
 from .driver_errors import listen_failed, translated_errors
 
-logger = logging.getLogger("channel_layer_pg")
+logger = logging.getLogger("channel_layer_pg.listener")
 
 Wake = Callable[[], None]
 # Sends a NOTIFY on a topic through the layer's own pool (the way every send wakes readers).

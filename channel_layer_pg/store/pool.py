@@ -23,7 +23,7 @@ from ..errors import LayerClosedError
 from .backoff import Backoff
 from .driver_errors import server_full
 
-logger = logging.getLogger("channel_layer_pg")
+logger = logging.getLogger("channel_layer_pg.pool")
 
 # After the server refused a connection for want of slots, how long to make do with those
 # open before asking again. Each refused attempt still costs the server a backend process,

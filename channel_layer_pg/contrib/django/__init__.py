@@ -1,6 +1,8 @@
-"""The layer as a Django app: ``manage.py migrate`` creates its tables, ``check`` reports them.
+"""Django integration: imported only by Django projects, it needs Django and Channels.
 
-Add ``"channel_layer_pg.contrib.django"`` to INSTALLED_APPS (its label is ``channel_layer_pg``).
+The app: add ``"channel_layer_pg.contrib.django"`` to INSTALLED_APPS (its label is
+``channel_layer_pg``), and ``manage.py migrate`` creates the layer's tables while ``check``
+reports them. The metrics view (metrics.py) needs no app.
 
 Migrating. A post_migrate handler, not a command of its own or an override of ``migrate``:
 post_migrate is Django's hook for work that follows migrations (contenttypes and auth use
