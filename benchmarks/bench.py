@@ -4,7 +4,8 @@ channels_rabbitmq, channels-nats and in-memory.
     python benchmarks/bench.py [--url URL] [--redis URL] [--rabbitmq URL] [--nats URL] [--quick]
                                [--only ours,redis,...] [--workloads latency,thread,...] [--vacuum]
                                [--label TEXT]
-    python benchmarks/bench.py scaling|soak|pgbouncer|plan-drift|stats-backlog|pool-checkout [--help]
+    python benchmarks/bench.py scaling|soak|soak-faults|isolation|pgbouncer|plan-drift|stats-backlog
+                               |pool-checkout|encode [--help]
 
 Without a subcommand: each comparison workload runs against every selected layer in turn,
 with a fresh layer each time, and the tables (figures, then ours divided by each peer's) come
@@ -50,7 +51,10 @@ WORKLOADS = {
     "remote": other_process.WORKLOADS,
     "sync": sync.WORKLOADS,
 }
-SUBCOMMANDS = ("scaling", "soak", "pgbouncer", "plan-drift", "stats-backlog", "pool-checkout")
+SUBCOMMANDS = (
+    "scaling", "soak", "soak-faults", "isolation", "pgbouncer", "plan-drift", "stats-backlog",
+    "pool-checkout", "encode",
+)  # fmt: skip
 
 
 async def compare_main(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -30,12 +31,14 @@ OPTION_NAMES = (
     "listen_url",
     "engine",
     "prefix",
+    "schema",
     "expiry",
     "group_expiry",
     "capacity",
     "channel_capacity",
     "symmetric_encryption_keys",
     "serializer",
+    "max_message_size",
     "pool_size",
     "max_overflow",
     "pool_idle_timeout",
@@ -46,6 +49,14 @@ OPTION_NAMES = (
     "fault_hooks",
 )
 _SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "on", "remote_apply")
+DEFAULT_MAX_MESSAGE_SIZE = 2**20
+# PostgreSQL stores at most 1 GB in one bytea value.
+_MOST_MESSAGE_SIZE = 2**30 - 1
+# Durations become timedeltas and PostgreSQL intervals, and expiries are added to the time
+# now: a hundred years keeps every sum far inside both (datetime ends at year 9999).
+_MOST_SECONDS = 100 * 365 * 86400
+# Capacities are bound as PostgreSQL bigints.
+_MOST_CAPACITY = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,10 @@ class LayerConfig:
     slow_statement_threshold: float = 1.0
     # A seam for the layer's own tests of failures and races (see faults.py); None in use.
     fault_hooks: FaultHooks | None = None
+    # The PostgreSQL schema that holds the layer's tables (None: whichever search_path finds).
+    # With a role per schema, PostgreSQL's privileges keep one application's messages from
+    # another's; a prefix alone does not (see docs/isolation.md).
+    schema: str | None = None
 
     @property
     def behind_pooler(self) -> bool:
@@ -188,17 +203,17 @@ def build_config(options: Mapping[str, Any]) -> LayerConfig:
         resolve_serializer(options.get("serializer", "msgpack")),
         Encryptor(keys) if keys is not None else None,
         prefix=prefix,
+        max_message_size=_max_message_size(options.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)),
     )
-    group_expiry = _seconds("group_expiry", options.get("group_expiry", 86400), allow_zero=True)
     return LayerConfig(
         url=database_url,
         engine=engine,
         prefix=prefix,
-        expiry=timedelta(seconds=_seconds("expiry", options.get("expiry", 60))),
-        group_expiry=timedelta(seconds=group_expiry) if group_expiry else None,
-        capacity=_positive_int("capacity", options.get("capacity", 100)),
+        expiry=_expiry(options.get("expiry", 60)),
+        group_expiry=_group_expiry(options.get("group_expiry", 86400)),
+        capacity=_capacity("capacity", options.get("capacity", 100)),
         channel_capacity=parse_channel_capacity(
-            options.get("channel_capacity") or {}, positive_int=_positive_int
+            options.get("channel_capacity") or {}, positive_int=_capacity
         ),
         codec=codec,
         pool_size=_positive_int("pool_size", options.get("pool_size", 10)),
@@ -214,7 +229,23 @@ def build_config(options: Mapping[str, Any]) -> LayerConfig:
             "slow_statement_threshold", options.get("slow_statement_threshold", 1)
         ),
         fault_hooks=_fault_hooks(options.get("fault_hooks")),
+        schema=_schema(options.get("schema")),
     )
+
+
+def with_option(config: LayerConfig, name: str, value: object) -> LayerConfig:
+    """``config`` with ``expiry``, ``group_expiry`` or ``capacity`` set to ``value``, checked.
+
+    A running layer takes these three by assignment (``layer.expiry = 3``), as channels_postgres's
+    users are used to; the others shape connections and statements made at construction.
+    """
+    if name == "expiry":
+        return replace(config, expiry=_expiry(value))
+    if name == "group_expiry":
+        return replace(config, group_expiry=_group_expiry(value))
+    if name == "capacity":
+        return replace(config, capacity=_capacity(name, value))
+    raise ValueError(f"{name!r} cannot change on a running layer: pass it to the constructor")
 
 
 def _reject_unknown(options: Mapping[str, Any]) -> None:
@@ -244,11 +275,34 @@ def _prefix(value: object) -> str:
         raise TypeError(str(exc).replace("group name", "prefix")) from None
 
 
+def _expiry(value: object) -> timedelta:
+    return timedelta(seconds=_seconds("expiry", value))
+
+
+def _group_expiry(value: object) -> timedelta | None:
+    seconds = _seconds("group_expiry", value, allow_zero=True)
+    return timedelta(seconds=seconds) if seconds else None  # 0: memberships never lapse
+
+
+def _schema(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"schema must be a str naming a PostgreSQL schema, not {value!r}")
+    # PostgreSQL truncates longer identifiers, so two long names could name one schema.
+    if not value or len(value.encode()) > 63 or "\x00" in value:
+        raise ValueError(f"schema must be a PostgreSQL identifier of 1 to 63 bytes, not {value!r}")
+    return value
+
+
 def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'zero or ' if allow_zero else ''}positive, not {value!r}")
+    if not (math.isfinite(value) and (0 <= value if allow_zero else 0 < value) and value <= _MOST_SECONDS):
+        raise ValueError(
+            f"{name} must be a finite number of seconds {'>= 0' if allow_zero else '> 0'} and at most "
+            f"{_MOST_SECONDS} (100 years), not {value!r}"
+        )
     return float(value)
 
 
@@ -262,6 +316,25 @@ def _positive_int(name: str, value: object) -> int:
     if value < 1:
         raise ValueError(f"{name} must be at least 1, not {value!r}")
     return value
+
+
+def _capacity(name: str, value: object) -> int:
+    capacity = _positive_int(name, value)
+    if capacity > _MOST_CAPACITY:
+        raise ValueError(f"{name} must be at most 2**63 - 1 (a PostgreSQL bigint), not {value!r}")
+    return capacity
+
+
+def _max_message_size(value: object) -> int | None:
+    if value is None:
+        return None
+    size = _positive_int("max_message_size", value)
+    if size > _MOST_MESSAGE_SIZE:
+        raise ValueError(
+            f"max_message_size must be at most {_MOST_MESSAGE_SIZE} bytes (PostgreSQL stores at most "
+            f"1 GB in one value), or None for no limit, not {value!r}"
+        )
+    return size
 
 
 def _non_negative_int(name: str, value: object) -> int:

@@ -19,6 +19,7 @@ ignoring them would connect, authenticate or encrypt differently from what was a
 
 from __future__ import annotations
 
+import math
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
@@ -171,6 +172,8 @@ def django_url(django: Mapping[str, Any]) -> URL:
         port_number = int(port) if port is not None else None
     except ValueError:
         raise ValueError(f"PORT must be a number, not {port!r}") from None
+    if port_number is not None and not 0 < port_number < 65536:
+        raise ValueError(f"PORT must be a number from 1 to 65535, not {port!r}")
     options = django.get("OPTIONS") or {}
     if not isinstance(options, Mapping):
         raise TypeError(f"OPTIONS must be a dict, not {type(options).__name__}")
@@ -255,10 +258,10 @@ def _timeout(value: str, *, where: str) -> float:
     try:
         seconds = float(value)
     except ValueError:
-        raise ValueError(f"{where} 'connect_timeout' must be a number of seconds, not {value!r}") from None
-    if seconds <= 0:
-        # libpq waits forever then; the layer's retries and errors rely on a bounded wait.
-        raise ValueError(f"{where} 'connect_timeout' must be positive seconds, not {value!r}")
+        seconds = math.nan
+    # libpq waits forever for 0; the layer's retries and errors rely on a bounded wait.
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{where} 'connect_timeout' must be a finite number of seconds > 0, not {value!r}")
     return seconds
 
 

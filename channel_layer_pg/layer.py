@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 from .channels_compat import ChannelsInterface
-from .config import build_config
+from .config import build_config, with_option
 from .droplog import DropLog
 from .errors import ChannelFull, DatabaseUnreachableError, LayerClosedError
 from .local import Claimed, ClaimedBuffer
@@ -45,11 +45,9 @@ class PostgresChannelLayer(ChannelsInterface):
     extensions: ClassVar[list[str]] = ["groups", "flush"]
 
     def __init__(self, **options: Any) -> None:
+        # Replaced whole, never changed in place, when an option is assigned: every backend
+        # reads it through the layer, so each send sees one consistent set of options.
         self._config = build_config(options)
-        self.prefix = self._config.prefix
-        self.expiry = self._config.expiry.total_seconds()
-        self.group_expiry = self._config.group_expiry.total_seconds() if self._config.group_expiry else 0
-        self.capacity = self._config.capacity
         # Names this instance alone may receive on end their non-local part with this.
         self.client_prefix = secrets.token_hex(6)
         self._own_queue_suffix = f".{self.client_prefix}!"
@@ -62,6 +60,47 @@ class PostgresChannelLayer(ChannelsInterface):
 
     def __repr__(self) -> str:
         return f"<PostgresChannelLayer {self._config.safe_url} prefix={self.prefix!r}>"
+
+    # -- options a running layer may change -------------------------------------------------
+
+    @property
+    def prefix(self) -> str:
+        """The ``prefix`` option; fixed for the layer's life."""
+        return self._config.prefix
+
+    @prefix.setter
+    def prefix(self, value: str) -> None:
+        raise AttributeError(
+            "prefix cannot change on a running layer: its messages and groups are stored under it; "
+            "pass prefix= to the constructor"
+        )
+
+    @property
+    def expiry(self) -> float:
+        """Seconds a message lives; assigning it (checked as the option is) applies to later sends."""
+        return self._config.expiry.total_seconds()
+
+    @expiry.setter
+    def expiry(self, value: float) -> None:
+        self._config = with_option(self._config, "expiry", value)
+
+    @property
+    def group_expiry(self) -> float:
+        """Seconds a membership lives (0: for ever); assigning it applies to later group_add calls."""
+        return self._config.group_expiry.total_seconds() if self._config.group_expiry else 0
+
+    @group_expiry.setter
+    def group_expiry(self, value: float) -> None:
+        self._config = with_option(self._config, "group_expiry", value)
+
+    @property
+    def capacity(self) -> int:
+        """Messages a channel may hold (channel_capacity aside); assigning it applies to later sends."""
+        return self._config.capacity
+
+    @capacity.setter
+    def capacity(self, value: int) -> None:
+        self._config = with_option(self._config, "capacity", value)
 
     @property
     def direct_loops(self) -> int:
@@ -112,7 +151,10 @@ class PostgresChannelLayer(ChannelsInterface):
         started = time.perf_counter()
         try:
             found = await asyncio.wait_for(
-                self._call(lambda backend: health.read(backend.fetch, probe_writes=True)), timeout
+                self._call(
+                    lambda backend: health.read(backend.fetch, probe_writes=True, schema=self._config.schema)
+                ),
+                timeout,
             )
         except TimeoutError:
             raise DatabaseUnreachableError(
@@ -130,7 +172,9 @@ class PostgresChannelLayer(ChannelsInterface):
         """
         check_limit(limit)
         stats = await self._call(
-            lambda backend: collect_stats(backend.fetch, prefix=self.prefix, expiry=self.expiry, limit=limit)
+            lambda backend: collect_stats(
+                backend.fetch, prefix=self.prefix, expiry=self.expiry, limit=limit, schema=self._config.schema
+            )
         )
         refused, skipped = self._drops.totals()
         return with_process_figures(
@@ -264,7 +308,9 @@ class PostgresChannelLayer(ChannelsInterface):
     # -- routing to the backend of the calling event loop -----------------------------------
 
     def _new_backend(self, use_given_engine: bool) -> LoopBackend:
-        return LoopBackend(self._config, self._buffer, self._wake_readers, use_given_engine=use_given_engine)
+        return LoopBackend(
+            lambda: self._config, self._buffer, self._wake_readers, use_given_engine=use_given_engine
+        )
 
     def _owns(self, queue: str) -> bool:
         """Whether ``queue`` holds process-local channels that this instance made."""
@@ -298,7 +344,7 @@ class PostgresChannelLayer(ChannelsInterface):
             self._config,
             layer_token=self.client_prefix,
             layer_closed=self._closed,
-            layer_identity=lambda: self._call(layer_identity),
+            layer_identity=lambda: self._call(lambda backend: layer_identity(backend, self._config.schema)),
         )
 
     async def _call(self, operation: Operation[T]) -> T:

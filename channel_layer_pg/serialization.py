@@ -11,11 +11,17 @@ from typing import Any, Protocol
 
 import msgpack
 
-from .errors import DecryptionError
+from .errors import DecryptionError, MessageTooLarge
+from .messages import is_well_formed, malformation
 
 
 class Serializer(Protocol):
-    """Anything with ``dumps(dict) -> bytes`` and ``loads(bytes) -> dict`` can serialize messages."""
+    """Anything with ``dumps(dict) -> bytes`` and ``loads(bytes) -> dict`` can serialize messages.
+
+    The layer checks a message's keys and nesting (messages.py) before ``dumps``, never its
+    values: ``dumps`` must raise TypeError or ValueError for a value ``loads`` cannot give back,
+    or the receiver gets something else than was sent.
+    """
 
     def dumps(self, message: dict[str, Any]) -> bytes: ...
 
@@ -29,7 +35,8 @@ class MsgpackSerializer:
         return msgpack.packb(message, use_bin_type=True)  # type: ignore[no-any-return]
 
     def loads(self, data: bytes) -> dict[str, Any]:
-        # strict_map_key=False: whatever dumps accepted (int keys included) must load again.
+        # strict_map_key=False: a message with non-str keys that some other sender stored still
+        # loads, rather than failing the receive that already took it from the table.
         return msgpack.unpackb(data, raw=False, strict_map_key=False)  # type: ignore[no-any-return]
 
 
@@ -119,23 +126,43 @@ class Codec:
 
     With an encryptor, each message is sealed for where it is sent (its channel, or for a
     group_send its group) and under its prefix; decode() refuses one found elsewhere.
+
+    ``max_message_size`` bounds the serialized message, before encryption (which makes it
+    about a third larger): the same message is accepted or refused whether or not the layer
+    encrypts. None lifts the bound.
     """
 
-    def __init__(self, serializer: Serializer, encryptor: Encryptor | None, *, prefix: str) -> None:
+    def __init__(
+        self,
+        serializer: Serializer,
+        encryptor: Encryptor | None,
+        *,
+        prefix: str,
+        max_message_size: int | None = None,
+    ) -> None:
         self._serializer = serializer
         self._encryptor = encryptor
         self._prefix = prefix
         self._group_binding_start = f"g:{prefix}:".encode()
         self._fix = f"configure the same symmetric_encryption_keys on every process using prefix {prefix!r}"
+        self.max_message_size = max_message_size
 
     def encode(self, message: object, *, channel: str | None = None, group: str | None = None) -> bytes:
         """``message`` as stored bytes; with encryption, for ``channel`` or ``group`` only."""
         if not isinstance(message, dict):
             raise TypeError(f"message must be a dict, not {type(message).__name__}")
+        if not is_well_formed(message):
+            raise malformation(message)
         try:
             data = self._serializer.dumps(message)
         except (TypeError, ValueError, OverflowError) as exc:
             raise TypeError(self._describe_unencodable(message, exc)) from exc
+        if self.max_message_size is not None and len(data) > self.max_message_size:
+            raise MessageTooLarge(
+                f"message is {len(data)} bytes serialized, over max_message_size ({self.max_message_size} "
+                "bytes): send a reference to large data (a URL, a database row) instead, or raise "
+                "max_message_size"
+            )
         if self._encryptor is not None:
             data = self._encryptor.encrypt(self._bound(data, channel, group))
         return data
@@ -200,11 +227,9 @@ def _describe_binding(binding: bytes) -> str:
 
 
 def _leaves(value: object, path: str) -> Iterator[tuple[str, object]]:
-    """Every non-container value with a readable path, keys included, depth first."""
+    """Every non-container value with a readable path, depth first (keys are str by now)."""
     if isinstance(value, Mapping):
         for key, item in value.items():
-            if not isinstance(key, (str, int)):
-                yield f"{path} key {key!r}", key
             yield from _leaves(item, f"{path}[{key!r}]")
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):

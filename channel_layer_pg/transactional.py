@@ -21,6 +21,7 @@ from .config import LayerConfig
 from .errors import LayerClosedError, SchemaMissingError
 from .store import statements
 from .store.driver_errors import MIGRATE_HINT, schema_missing, translate
+from .store.schema import message, regclass_name, schema_translation
 
 if TYPE_CHECKING:
     from .store.backend import LoopBackend
@@ -40,9 +41,10 @@ class DatabaseIdentity(NamedTuple):
     message_table: int | None
 
 
-async def layer_identity(backend: LoopBackend) -> DatabaseIdentity:
+async def layer_identity(backend: LoopBackend, schema: str | None) -> DatabaseIdentity:
     """The identity of the layer's own database, read on one of its pooled connections."""
-    (row,) = await backend.fetch(statements.DATABASE_IDENTITY, {})
+    table = {"table": regclass_name(message.name, schema)}
+    (row,) = await backend.fetch(statements.DATABASE_IDENTITY, table)
     return DatabaseIdentity(row["system"], row["database"], row["message_table"])
 
 
@@ -112,7 +114,11 @@ class TransactionalWriter:
         # are the application's. Cancelled here, the application decides their fate, and a
         # rollback takes the message with it.
         try:
-            return await self._conn.execute(statement, parameters)
+            return await self._conn.execute(
+                statement,
+                parameters,
+                execution_options={"schema_translate_map": schema_translation(self._config.schema)},
+            )
         except DBAPIError as exc:
             # Only a missing table is the layer's to explain: the connection, and what its
             # failures mean to the transaction, are the application's. The tables were visible
@@ -154,7 +160,8 @@ async def _async_connection(connection: object) -> AsyncConnection:
 async def _check_same_database(conn: AsyncConnection, config: LayerConfig, layer: DatabaseIdentity) -> None:
     if layer.message_table is None:
         raise schema_missing(config)
-    row = (await conn.execute(statements.DATABASE_IDENTITY)).one()
+    table = {"table": regclass_name(message.name, config.schema)}
+    row = (await conn.execute(statements.DATABASE_IDENTITY, table)).one()
     theirs = DatabaseIdentity(row.system, row.database, row.message_table)
     if (theirs.system, theirs.database) != (layer.system, layer.database):
         raise ValueError(

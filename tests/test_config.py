@@ -118,6 +118,61 @@ def test_bad_option_values_name_the_option(option: str, value: object, error: ty
         build_config({"url": "postgresql://h/db", option: value})
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "error", "problem"),
+    [
+        ("expiry", float("inf"), ValueError, "a finite number of seconds > 0"),
+        ("expiry", float("nan"), ValueError, "a finite number of seconds > 0"),
+        ("expiry", 0, ValueError, "a finite number of seconds > 0"),
+        ("expiry", 10**12, ValueError, "at most 3153600000"),
+        ("group_expiry", float("inf"), ValueError, "a finite number of seconds >= 0"),
+        ("group_expiry", -1, ValueError, "a finite number of seconds >= 0"),
+        ("connect_timeout", float("nan"), ValueError, "a finite number of seconds > 0"),
+        ("pool_idle_timeout", float("inf"), ValueError, "a finite number of seconds > 0"),
+        ("close_timeout", float("inf"), ValueError, "a finite number of seconds > 0"),
+        ("slow_statement_threshold", float("nan"), ValueError, "a finite number of seconds > 0"),
+        ("capacity", 2**63, ValueError, r"at most 2\*\*63 - 1"),
+        ("channel_capacity", {"x.*": 2**63}, ValueError, r"at most 2\*\*63 - 1"),
+        ("max_message_size", 0, ValueError, "at least 1"),
+        ("max_message_size", 2**30, ValueError, "at most 1073741823 bytes"),
+        ("max_message_size", "1MB", TypeError, "an int"),
+        ("max_message_size", True, TypeError, "an int"),
+    ],
+)
+def test_option_values_out_of_range_are_refused_naming_the_option(
+    option: str, value: object, error: type[Exception], problem: str
+) -> None:
+    with pytest.raises(error, match=rf"^{option}(\[.*\])? must be .*{problem}.*, not "):
+        build_config({"url": "postgresql://h/db", option: value})
+
+
+BAD_TIMEOUT = r"OPTIONS\['connect_timeout'\] must be a finite number of seconds > 0"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("OPTIONS", {"connect_timeout": "inf"}, BAD_TIMEOUT),
+        ("OPTIONS", {"connect_timeout": "soon"}, BAD_TIMEOUT),
+        ("OPTIONS", {"connect_timeout": -1}, BAD_TIMEOUT),
+        ("PORT", "99999", "PORT must be a number from 1 to 65535"),
+        ("PORT", -1, "PORT must be a number from 1 to 65535"),
+    ],
+)
+def test_bad_django_numbers_name_the_key(key: str, value: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build_config({"NAME": "app", key: value})
+
+
+def test_django_connect_timeout_may_be_a_string_as_libpq_takes_it() -> None:
+    assert build_config({"NAME": "app", "OPTIONS": {"connect_timeout": "7"}}).connect_args == {"timeout": 7.0}
+
+
+def test_max_message_size_defaults_to_one_mebibyte_and_none_lifts_it() -> None:
+    assert build_config({"url": "postgresql://h/db"}).codec.max_message_size == 2**20
+    assert build_config({"url": "postgresql://h/db", "max_message_size": None}).codec.max_message_size is None
+
+
 def test_a_custom_serializer_object_is_used() -> None:
     class Reversed:
         def dumps(self, message: dict[str, object]) -> bytes:

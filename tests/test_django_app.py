@@ -186,3 +186,27 @@ async def test_check_with_the_database_reports_one_it_cannot_reach(project: Djan
 
     assert "channel_layer_pg.W004" in checked.output
     assert "cannot read its schema revision" in checked.output
+
+
+async def test_migrate_puts_the_tables_in_the_layer_s_schema_option(
+    project: DjangoProject, empty_database_url: str
+) -> None:
+    project.write_settings(
+        {"default": django_database(empty_database_url)}, LAYER % "{**DATABASES['default'], 'schema': 'chat'}"
+    )
+
+    migrated = project.manage("migrate")
+    checked = project.manage("check", "--database", "default")
+
+    assert migrated.returncode == 0, migrated.output
+    assert "(schema chat)" in migrated.output
+    assert "channel_layer_pg" not in checked.output, checked.output
+    conn = await connect(empty_database_url)
+    try:
+        schemas = await conn.fetch(
+            "SELECT DISTINCT table_schema FROM information_schema.tables WHERE table_name = ANY($1::text[])",
+            list(TABLES),
+        )
+    finally:
+        await conn.close()
+    assert [row["table_schema"] for row in schemas] == ["chat"]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+from typing import Any
+
 import pytest
 
-from channel_layer_pg import PostgresChannelLayer
-from tests.helpers import LayerFactory, nothing_arrives, receive
+from channel_layer_pg import ChannelLayerError, MessageTooLarge, PostgresChannelLayer
+from channel_layer_pg.messages import MAX_DEPTH
+from tests.helpers import LayerFactory, Sql, nothing_arrives, receive
 
 INVALID_CHANNEL_NAMES = [
     "chat\n",  # passes re.match with "$"; the spec's regex must match the whole name
@@ -74,3 +78,153 @@ async def test_json_serializer_names_bytes_it_cannot_encode(make_layer: LayerFac
     layer = make_layer(serializer="json")
     with pytest.raises(TypeError, match=r"message\['raw'\] = b'x' \(bytes\) cannot be encoded with json"):
         await layer.send("test.json", {"type": "x", "raw": b"x"})
+
+
+async def stored_rows(sql: Sql, prefix: str) -> int:
+    (row,) = await sql("SELECT count(*) AS n FROM channel_layer_pg_message WHERE prefix = $1", prefix)
+    return int(row["n"])
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+# Each: a message no serializer gives back as sent, and the error that says where and why.
+MALFORMED = [
+    pytest.param(
+        {"type": "m", (1, 2): 3},
+        TypeError,
+        r"^message key \(1, 2\): keys must be str, not tuple$",
+        id="tuple",
+    ),
+    pytest.param(
+        {"type": "m", "a": [{(1, 2): 3}]},
+        TypeError,
+        r"^message\['a'\]\[0\] key \(1, 2\): keys must be str, not tuple$",
+        id="nested-tuple",
+    ),
+    pytest.param({"type": "m", 1: "one"}, TypeError, r"^message key 1: keys must be str, not int$", id="int"),
+    pytest.param(
+        {"type": "m", "a": {"b": {None: 1}}},
+        TypeError,
+        r"^message\['a'\]\['b'\] key None: keys must be str, not NoneType$",
+        id="nested-none",
+    ),
+    pytest.param(
+        {"type": "m", "deep": nested(MAX_DEPTH + 1)},
+        ValueError,
+        rf"^message\['deep'\]\[0\]\[0\]\[0\]\.\.\.\[0\]\[0\]\[0\] is nested more than {MAX_DEPTH} levels",
+        id="too-deep",
+    ),
+]
+
+
+@pytest.mark.parametrize("serializer", ["msgpack", "json"])
+@pytest.mark.parametrize(("message", "error", "match"), MALFORMED)
+async def test_a_malformed_message_is_refused_naming_where_and_the_queue_is_intact(
+    make_layer: LayerFactory, serializer: str, message: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    layer = make_layer(serializer=serializer)
+    await layer.send("test.shape", {"type": "before"})
+    with pytest.raises(error, match=match):
+        await layer.send("test.shape", message)
+    await layer.send("test.shape", {"type": "after"})
+    assert await receive(layer, "test.shape") == {"type": "before"}
+    assert await receive(layer, "test.shape") == {"type": "after"}
+
+
+@pytest.mark.parametrize(("message", "error", "match"), MALFORMED)
+async def test_group_send_of_a_malformed_message_stores_it_for_no_member(
+    layer: PostgresChannelLayer, sql: Sql, message: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    local = await layer.new_channel()
+    for channel in ("test.member-a", "test.member-b", local):
+        await layer.group_add("room", channel)
+    with pytest.raises(error, match=match):
+        await layer.group_send("room", message)
+    assert await stored_rows(sql, layer.prefix) == 0
+    await layer.group_send("room", {"type": "good"})
+    for channel in ("test.member-a", "test.member-b", local):
+        assert await receive(layer, channel) == {"type": "good"}
+
+
+async def test_nesting_up_to_the_limit_round_trips(layer: PostgresChannelLayer) -> None:
+    message = {"type": "deep", "deep": nested(MAX_DEPTH)}
+    await layer.send("test.deep", message)
+    assert await receive(layer, "test.deep") == message
+
+
+async def test_a_message_that_contains_itself_is_refused(layer: PostgresChannelLayer) -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="contains itself"):
+        await layer.send("test.loop", {"type": "loop", "loop": loop})
+
+
+async def test_a_long_list_of_plain_values_is_still_checked_inside(layer: PostgresChannelLayer) -> None:
+    values: list[Any] = list(range(100))
+    values[50] = {3: "three"}
+    with pytest.raises(TypeError, match=r"^message\['values'\]\[50\] key 3: keys must be str"):
+        await layer.send("test.list", {"type": "list", "values": values})
+
+
+async def test_a_custom_serializer_is_held_to_str_keys_too(make_layer: LayerFactory) -> None:
+    class Repr:
+        def dumps(self, message: dict[str, Any]) -> bytes:
+            return repr(message).encode()
+
+        def loads(self, data: bytes) -> dict[str, Any]:
+            return ast.literal_eval(data.decode())  # type: ignore[no-any-return]
+
+    layer = make_layer(serializer=Repr())
+    with pytest.raises(TypeError, match=r"^message key 1: keys must be str"):
+        await layer.send("test.custom", {"type": "m", 1: 2})
+
+
+# -- size ----------------------------------------------------------------------------------------
+
+
+async def test_a_message_over_max_message_size_is_refused_by_send_and_group_send(
+    layer: PostgresChannelLayer, sql: Sql
+) -> None:
+    await layer.group_add("room", "test.size")
+    await layer.send("test.size", {"type": "before"})
+    too_large = {"type": "blob", "data": b"x" * 2**20}  # over the default 1 MiB once serialized
+    expected = r"^message is 1048\d\d\d bytes serialized, over max_message_size \(1048576 bytes\)"
+    with pytest.raises(MessageTooLarge, match=expected):
+        await layer.send("test.size", too_large)
+    with pytest.raises(MessageTooLarge, match=expected):
+        await layer.group_send("room", too_large)
+    assert await stored_rows(sql, layer.prefix) == 1
+    assert await receive(layer, "test.size") == {"type": "before"}
+
+
+def test_message_too_large_is_a_value_error_and_a_layer_error() -> None:
+    assert issubclass(MessageTooLarge, ValueError)
+    assert issubclass(MessageTooLarge, ChannelLayerError)
+
+
+async def test_max_message_size_sets_the_limit_and_none_lifts_it(make_layer: LayerFactory) -> None:
+    small = make_layer(max_message_size=100)
+    with pytest.raises(MessageTooLarge, match=r"over max_message_size \(100 bytes\)"):
+        await small.send("test.limit", {"type": "x", "data": "y" * 100})
+    unlimited = make_layer(max_message_size=None)
+    message = {"type": "blob", "data": b"x" * (3 * 2**20)}
+    await unlimited.send("test.limit", message)
+    assert await receive(unlimited, "test.limit") == message
+
+
+async def test_max_message_size_counts_the_message_before_encryption(
+    make_layer: LayerFactory, sql: Sql
+) -> None:
+    layer = make_layer(max_message_size=1000, symmetric_encryption_keys=["secret"])
+    message = {"type": "x", "data": b"y" * 950}  # under 1000 bytes serialized, over once encrypted
+    await layer.send("test.encrypted", message)
+    (row,) = await sql(
+        "SELECT length(payload) AS n FROM channel_layer_pg_message WHERE prefix = $1", layer.prefix
+    )
+    assert row["n"] > 1000
+    assert await receive(layer, "test.encrypted") == message

@@ -14,14 +14,16 @@ for ``--duration`` seconds, sends about ``--rate`` messages a second:
 - a trickle to ``soak.nobody``, which nobody reads, through a second layer with a short
   expiry: the table stays bounded only if expired rows are cleaned up.
 
-Receive loops run all along, and a fraction of receives is cancelled by a short timeout, as
-when consumers stop in a Channels application. Once every sender has stopped, the receivers
-drain until nothing has arrived for a few seconds. Every 5 s this process prints the layer's
-server connections, this run's rows (in soak.work, in process-local queues, in soak.nobody,
-and those past their expiry), the whole table's dead rows and MB, the machine's busy share,
-the cores used by the layer's PostgreSQL sessions (pg, with the server on this machine) and
-by the workers (apps), and each worker's RSS in MB. At the end it counts what was sent,
-expected, received, lost, duplicated and reordered, per kind.
+A send that raises is sent again after RETRY_AFTER s, as an application would; each failure is
+counted by type, and a duplicate of a retried send (stored, though its caller heard of an
+error) is counted apart. Receive loops run all along, and a fraction of receives is cancelled
+by a short timeout, as when consumers stop in a Channels application. Once every sender has
+stopped, the receivers drain until nothing has arrived for a few seconds. Every 5 s this
+process prints the layer's server connections, this run's rows (in soak.work, in process-local
+queues, in soak.nobody, and those past their expiry), the whole table's dead rows and MB, the
+machine's busy share, the cores used by the layer's PostgreSQL sessions (pg, with the server on
+this machine) and by the workers (apps), and each worker's RSS in MB. At the end it counts what
+was sent, expected, received, lost, duplicated and reordered, per kind.
 
 Exit status 0 if nothing was lost, duplicated or reordered and every worker finished, else 1.
 Without --url a throwaway embedded PostgreSQL is started, migrated and always stopped.
@@ -38,7 +40,7 @@ import signal
 import sys
 from array import array
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,6 +86,8 @@ RECEIVE_TIMEOUT = 1.0  # an idle receive is cancelled too, so a loop checks for 
 DRAIN_QUIET, DRAIN_LIMIT = 3.0, 30.0  # the drain ends after this long without a message, or in any case
 SAMPLE_INTERVAL = 5.0
 EXIT_TIMEOUT = 30.0
+# A send that raised is retried this often, and no longer than this past the end of sending.
+RETRY_AFTER, RETRY_FOR = 0.1, 20.0
 
 
 def describe(exc: BaseException) -> str:
@@ -103,6 +107,9 @@ class Log:
     seqs: array[int] = field(default_factory=lambda: array("q"))
     to: array[int] = field(default_factory=lambda: array("q"))  # a direct message's receiver
     errors: Counter[str] = field(default_factory=Counter)
+    # (kind, seq) of the sends that raised and were sent again: a send whose connection was
+    # lost mid-statement may have been stored, so its retry can be a duplicate.
+    retried: list[tuple[str, int]] = field(default_factory=list)
     cancelled: int = 0  # receives cancelled by the short random timeout
     idle: int = 0  # receives cancelled after RECEIVE_TIMEOUT with nothing to deliver
     cut_short: bool = False  # still receiving after DRAIN_LIMIT of drain
@@ -117,7 +124,7 @@ class Log:
         records = zip(self.senders, self.kinds, self.seqs, self.to, strict=True)
         return {
             "records": [[s, ALL_KINDS[k] if k >= 0 else "unknown", q, t] for s, k, q, t in records],
-            "errors": self.errors, "cancelled": self.cancelled, "idle": self.idle,
+            "errors": self.errors, "retried": self.retried, "cancelled": self.cancelled, "idle": self.idle,
             "cut_short": self.cut_short,
         }  # fmt: skip
 
@@ -157,20 +164,31 @@ async def send_loop(
         seqs[kind] += 1
         seq, receiver = seqs[kind], -1
         message = {"type": "soak.message", "sender": me, "kind": kind, "seq": seq, "text": FILLER}
-        try:
-            if kind == "work":
-                await layer.send(WORK, message)
-            elif kind == "direct":
-                receiver, channel = peers[seq % len(peers)]
-                await layer.send(channel, message)
-            elif kind == "group":
-                await layer.group_send(GROUP, message)
-            else:
-                await short_lived.send(NOBODY, message)
-        except Exception as exc:
-            log.errors[f"{kind}: {describe(exc)}"] += 1
-        else:
+        if kind == "direct":
+            receiver = peers[seq % len(peers)][0]
+        # As an application would: a send that raised is sent again (each failure counted by
+        # type), for as long as the run lasts and the drain allows.
+        while True:
+            try:
+                if kind == "work":
+                    await layer.send(WORK, message)
+                elif kind == "direct":
+                    await layer.send(peers[seq % len(peers)][1], message)
+                elif kind == "group":
+                    await layer.group_send(GROUP, message)
+                else:
+                    await short_lived.send(NOBODY, message)
+            except Exception as exc:
+                log.errors[f"{kind}: {describe(exc)}"] += 1
+                if loop.time() > deadline + RETRY_FOR:
+                    log.errors[f"{kind}: given up after retrying for {RETRY_FOR:g} s"] += 1
+                    break
+                if not log.retried or log.retried[-1] != (kind, seq):
+                    log.retried.append((kind, seq))
+                await asyncio.sleep(RETRY_AFTER)
+                continue
             log.record(me, kind, seq, receiver)
+            break
         next_at += 1.0 / rate
         delay = next_at - loop.time()
         if delay > 0:
@@ -242,9 +260,10 @@ async def worker(params: dict[str, Any]) -> None:
     url, _ = worker_services()
     control = await command_reader()
     sent, logs = Log(), {"work": Log(), "local": Log()}
+    options = params.get("options", {})
     async with (
-        ours(url, params["prefix"], capacity=CAPACITY, expiry=EXPIRY) as layer,
-        ours(url, params["prefix"], capacity=CAPACITY, expiry=NOBODY_EXPIRY) as short_lived,
+        ours(url, params["prefix"], capacity=CAPACITY, expiry=EXPIRY, **options) as layer,
+        ours(url, params["prefix"], capacity=CAPACITY, expiry=NOBODY_EXPIRY, **options) as short_lived,
     ):
         me = await layer.new_channel()
         await layer.group_add(GROUP, me)
@@ -291,6 +310,7 @@ async def worker(params: dict[str, Any]) -> None:
 
 # == the parent ==================================================================================
 
+MONITOR_NAME = "bench soak monitor"  # not the layer's application_name: faults spare it
 SAMPLE_SQL = f"""
 SELECT
     (SELECT count(*) FROM pg_stat_activity WHERE {LAYER_SESSIONS} AND datname = current_database()) AS conns,
@@ -308,8 +328,8 @@ FROM channel_layer_pg_message WHERE prefix = $1
 class Monitor:
     """Samples the run every SAMPLE_INTERVAL on a connection of its own (not named like the layer's)."""
 
-    def __init__(self, conn: Any, prefix: str, workers: Sequence[Worker]) -> None:
-        self.conn, self.prefix, self.workers = conn, prefix, workers
+    def __init__(self, url: str, conn: Any, prefix: str, workers: Sequence[Worker]) -> None:
+        self.url, self.conn, self.prefix, self.workers = url, conn, prefix, workers
         self.cpu = CpuMeter(conn, [w.pid for w in workers], pg_sessions=LAYER_SESSIONS, this_process=False)
         self.samples: list[dict[str, Any]] = []
         self.phase = "send"
@@ -358,6 +378,20 @@ class Monitor:
                 await self.sample()
             except Exception as exc:  # a slow or failed sample must not end the run
                 print(f"sampling failed: {describe(exc)}", flush=True)
+                await self.reconnect()
+
+    async def reconnect(self) -> None:
+        """A new connection if a server restart took the old one; the next sample uses it."""
+        if not self.conn.is_closed():
+            return
+        try:
+            self.conn = await connect(self.url, server_settings={"application_name": MONITOR_NAME})
+        except Exception as exc:
+            print(f"monitor reconnect failed: {describe(exc)}", flush=True)
+            return
+        self.cpu = CpuMeter(
+            self.conn, [w.pid for w in self.workers], pg_sessions=LAYER_SESSIONS, this_process=False
+        )
 
 
 @contextmanager
@@ -373,9 +407,26 @@ def database(url: str | None) -> Iterator[str]:
         yield embedded_url
 
 
-async def run(args: argparse.Namespace, url: str) -> int:
+@dataclass
+class Outcome:
+    code: int  # the exit status: 0 if nothing was lost, duplicated or reordered
+    tallies: dict[str, Counter[str]]
+    results: list[dict[str, Any]]
+
+
+async def run(
+    args: argparse.Namespace,
+    url: str,
+    *,
+    options: dict[str, Any] | None = None,
+    faults: Callable[[], Awaitable[None]] | None = None,
+    header: bool = True,
+) -> Outcome:
+    """One soak on ``url``; ``options`` go to every worker's layers, and ``faults`` runs while
+    they send (cancelled when they stop, if still running)."""
     prefix = f"soak-{token()}"
-    await print_header(url, args.label)
+    if header:
+        await print_header(url, args.label)
     print(
         f"database {make_url(url).render_as_string(hide_password=True)}; prefix {prefix}; {args.processes} "
         f"processes x {args.rate:g} msg/s for {args.duration:g} s; each round of {len(ROUND)} sends: "
@@ -385,53 +436,65 @@ async def run(args: argparse.Namespace, url: str) -> int:
         f"{CANCEL_AFTER[1] * 1000:g} ms\n",
         flush=True,
     )
-    conn = await connect(url, server_settings={"application_name": "bench soak monitor"})
+    conn = await connect(url, server_settings={"application_name": MONITOR_NAME})
     params = [
-        {"index": i, "prefix": prefix, "rate": args.rate, "duration": args.duration}
+        {"index": i, "prefix": prefix, "rate": args.rate, "duration": args.duration, "options": options or {}}
         for i in range(args.processes)
     ]
     workers = await start_workers("soak", url, params)
     sampler: asyncio.Task[None] | None = None
+    injector: asyncio.Task[None] | None = None
+    monitor: Monitor | None = None
     try:
         channels = [ready["channel"] for ready in await expect_all(workers, "ready", STARTUP_TIMEOUT)]
         for i, worker in enumerate(workers):
             worker.command(command="start", peers=[[j, c] for j, c in enumerate(channels) if j != i])
-        monitor = Monitor(conn, prefix, workers)
+        monitor = Monitor(url, conn, prefix, workers)
         print(monitor.line(monitor.rows[0]))
         await monitor.sample()
         sampler = asyncio.create_task(monitor.sample_every())
-        await expect_all(workers, "sent", args.duration + STARTUP_TIMEOUT)
+        if faults is not None:
+            injector = asyncio.create_task(faults())
+        await expect_all(workers, "sent", args.duration + RETRY_FOR + STARTUP_TIMEOUT)
+        if injector is not None:
+            injector.cancel()
+            await asyncio.gather(injector, return_exceptions=True)
         monitor.phase = "drain"
         for worker in workers:
             worker.command(command="drain")
         results = await expect_all(workers, "done", DRAIN_LIMIT + EXIT_TIMEOUT)
         sampler.cancel()
         monitor.phase = "end"
+        await monitor.reconnect()
         await monitor.sample()
-        left = await conn.fetch(
+        left = await monitor.conn.fetch(
             "SELECT queue, count(*) AS n FROM channel_layer_pg_message WHERE prefix = $1 GROUP BY queue",
             prefix,
         )
     except WorkerFailed as exc:
         print(f"\nFAILED: {exc}")
-        return 1
+        return Outcome(1, {}, [])
     finally:
-        if sampler is not None:
-            sampler.cancel()
+        for task in (sampler, injector):
+            if task is not None:
+                task.cancel()
         await stop_workers(workers, patience=EXIT_TIMEOUT / 2)
         await conn.close(timeout=10)
+        if monitor is not None:
+            await monitor.conn.close(timeout=10)
         try:
             async with ours(url, prefix) as layer:
                 await asyncio.wait_for(layer.flush(), 30)
         except Exception as exc:
             print(f"flushing prefix {prefix} failed: {describe(exc)}", file=sys.stderr)
-    return report(results, monitor.samples, {row["queue"]: row["n"] for row in left})
+    code = report(results, monitor.samples, {row["queue"]: row["n"] for row in left})
+    return Outcome(code, tally(results), results)
 
 
 # == the summary =================================================================================
 
 ANYONE = -1  # the receiver of a work job: exactly one of the workers must get it
-COLUMNS = ("sent", "expected", "received", "lost", "duplicated", "reordered", "unexpected")
+COLUMNS = ("sent", "expected", "received", "lost", "duplicated", "reordered", "unexpected", "retried")
 
 
 def tally(results: Sequence[dict[str, Any]]) -> dict[str, Counter[str]]:
@@ -439,6 +502,9 @@ def tally(results: Sequence[dict[str, Any]]) -> dict[str, Counter[str]]:
     tallies = {kind: Counter[str]() for kind in ALL_KINDS}
     members = [result["index"] for result in results]
     expected: set[tuple[int, int, str, int]] = set()  # (receiver, sender, kind, seq)
+    retried = {(r["index"], kind, seq) for r in results for kind, seq in r["sent"].get("retried", ())}
+    for _, kind, _ in retried:
+        tallies[kind]["retried"] += 1
     for result in results:
         for sender, kind, seq, to in result["sent"]["records"]:
             tallies[kind]["sent"] += 1
@@ -467,6 +533,8 @@ def tally(results: Sequence[dict[str, Any]]) -> dict[str, Counter[str]]:
     for delivery, count in received.items():
         key = "duplicated" if delivery in expected else "unexpected"
         tallies.setdefault(delivery[2], Counter())[key] += count - 1 if delivery in expected else count
+        # A retried send that had been stored already: the application's duplicate, not the layer's.
+        tallies[delivery[2]]["duplicated after retry"] += (count - 1) * (delivery[1:] in retried)
     return tallies
 
 
@@ -562,7 +630,7 @@ def main(argv: list[str]) -> int:
         parser.error("--processes must be at least 2: workers send each other direct messages")
     try:
         with database(args.url) as url:
-            return asyncio.run(run(args, url))
+            return asyncio.run(run(args, url)).code
     except KeyboardInterrupt:
         # asyncio.run cancelled run(), whose finally stopped the workers and flushed; leaving
         # database() stopped the embedded server.

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("alembic").setLevel(logging.INFO)
     try:
         if args.command == "migrate":
-            return _migrate(args.url, args.revision)
+            return _migrate(args.url, args.revision, args.schema)
         if args.command == "demo" and args.web:
             from .demo.web.serve import run_web_demo
 
@@ -75,23 +75,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _migrate(given: str | None, revision: str) -> int:
+def _migrate(given: str | None, revision: str, schema: str | None) -> int:
     url = _url(given, "migrate")
     if not url:
         return 2
     safe = safe_url(url)
     try:
-        migrate(url, revision)
+        migrate(url, revision, schema=schema)
     except (TimeoutError, OSError, SQLAlchemyError) as exc:
         # The driver's message alone ("Connect call failed") does not say which database.
         print(f"{PROG} migrate: cannot migrate {safe}: {_one_line(exc)}", file=sys.stderr)
         return 1
-    print(f"migrated {safe} to {revision}")
+    print(f"migrated {safe}{f' schema {schema}' if schema else ''} to {revision}")
     return 0
 
 
 async def _stats(url: str, args: argparse.Namespace) -> int:
-    layer = PostgresChannelLayer(url=url, prefix=args.prefix, expiry=args.expiry)
+    layer = PostgresChannelLayer(url=url, prefix=args.prefix, expiry=args.expiry, schema=args.schema)
     try:
         stats = await layer.stats(limit=args.limit)
     finally:
@@ -134,6 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     migrate_parser.add_argument("--url", help=f"the database (default: ${URL_ENV_VAR})")
     migrate_parser.add_argument("--revision", default="head", help="target revision (default: head)")
+    migrate_parser.add_argument(
+        "--schema", help="put the tables in this PostgreSQL schema, created if missing (default: search_path)"
+    )
 
     demo_parser = commands.add_parser(
         "demo",
@@ -162,6 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     stats_parser.add_argument("--url", help=f"the database (default: ${URL_ENV_VAR})")
     stats_parser.add_argument("--prefix", default="asgi", help="the layers' prefix (default: asgi)")
+    stats_parser.add_argument("--schema", help="the layers' schema option (default: search_path)")
     stats_parser.add_argument(
         "--limit", type=_positive, default=10, metavar="N", help="list the N largest of each (default: 10)"
     )

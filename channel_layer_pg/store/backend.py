@@ -32,15 +32,23 @@ CLEANUP_INTERVAL = 30.0
 
 
 class LoopBackend:
+    """The layer's connections, listener, readers and cleanup on one event loop.
+
+    ``current_config()`` is the layer's options as they are now: expiry, group_expiry and
+    capacity may be assigned on a running layer, and each send on every loop must use the
+    values of that moment. The options that shape connections never change.
+    """
+
     def __init__(
         self,
-        config: LayerConfig,
+        current_config: Callable[[], LayerConfig],
         buffer: ClaimedBuffer,
         on_buffered: Callable[[str], None],
         *,
         use_given_engine: bool,
     ) -> None:
-        self._config = config
+        self._current_config = current_config
+        config = current_config()
         self._buffer = buffer
         self._on_buffered = on_buffered
         self.engine: AsyncEngine
@@ -54,6 +62,11 @@ class LoopBackend:
         self._listener = Listener(self._listen_engine or self.engine, config, self._notify)
         self._readers: dict[str, QueueReader] = {}
         self._cleanup_task: asyncio.Task[None] | None = None
+
+    @property
+    def _config(self) -> LayerConfig:
+        # Read at each use, never kept: see the class docstring.
+        return self._current_config()
 
     async def fetch(self, statement: Executable, parameters: dict[str, Any]) -> list[Any]:
         return await self._statements.fetch(statement, parameters)

@@ -20,6 +20,7 @@ from . import health, statements, stats
 from .backoff import Backoff
 from .driver_errors import retryable, translated_errors, unreachable
 from .pool import Held, HeldConnections
+from .schema import schema_translation
 
 T = TypeVar("T")
 
@@ -180,7 +181,7 @@ class StatementRunner:
     def _bind(self, statement: Executable, parameters: Mapping[str, Any]) -> tuple[_Compiled, list[Any]]:
         compiled = self._compiled.get(statement)
         if compiled is None:
-            compiled = self._compiled[statement] = _Compiled.of(statement, self._engine)
+            compiled = self._compiled[statement] = _Compiled.of(statement, self._engine, self._config.schema)
         return compiled, [
             parameters[key] if key in parameters else compiled.defaults[key] for key in compiled.order
         ]
@@ -306,8 +307,14 @@ class _Compiled:
         self.sql, self.order, self.defaults, self.name = sql, order, defaults, name
 
     @classmethod
-    def of(cls, statement: Executable, engine: AsyncEngine) -> _Compiled:
-        compiled = statement.compile(dialect=engine.dialect)  # type: ignore[attr-defined]
+    def of(cls, statement: Executable, engine: AsyncEngine, schema: str | None) -> _Compiled:
+        # The schema is written into the SQL, not left to search_path: a transaction pooler
+        # would not pass search_path on, and a statement compiled once serves every call.
+        compiled = statement.compile(  # type: ignore[attr-defined]
+            dialect=engine.dialect,
+            schema_translate_map=schema_translation(schema),
+            render_schema_translate=schema is not None,
+        )
         return cls(
             str(compiled), list(compiled.positiontup or ()), dict(compiled.params), _name_of(statement)
         )

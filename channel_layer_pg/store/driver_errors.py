@@ -164,6 +164,11 @@ def listen_failed(config: LayerConfig, exc: Exception) -> ChannelLayerError:
 
 
 def schema_missing(config: LayerConfig) -> SchemaMissingError:
+    if config.schema is not None:
+        return SchemaMissingError(
+            f"the channel layer's tables do not exist in schema {config.schema!r} of {config.safe_url}; "
+            f"create them with: python -m channel_layer_pg migrate --url URL --schema {config.schema}"
+        )
     return SchemaMissingError(
         f"the channel layer's tables do not exist in {config.safe_url}; create them with: {MIGRATE_HINT}"
     )

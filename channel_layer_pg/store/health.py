@@ -13,14 +13,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Text, bindparam, column, delete, false, func, select, table
+from sqlalchemy import Column, MetaData, Table, Text, bindparam, delete, false, func, select
 from sqlalchemy.sql.base import Executable
 
 from ..config import LayerConfig
 from ..errors import SchemaOutdatedError
 from .driver_errors import MIGRATE_HINT
 from .migrate import migration_head, migration_revisions
-from .schema import VERSION_TABLE, group_member, message
+from .schema import VERSION_TABLE, group_member, message, regclass_name
 
 Fetch = Callable[[Executable, dict[str, Any]], Awaitable[list[Any]]]
 
@@ -52,7 +52,10 @@ HEALTH = select(*_columns)
 _probe = delete(message).where(false()).returning(message.c.id).cte("write_probe")
 PING_WRITABLE = select(*_columns, select(func.count()).select_from(_probe).scalar_subquery().label("probe"))
 
-SCHEMA_REVISION = select(table(VERSION_TABLE, column("version_num")).c.version_num)
+# A Table of its own MetaData (Alembic owns the real one): unlike a lightweight table(), a
+# Table is moved to the schema option's schema when statements are compiled.
+_version = Table(VERSION_TABLE, MetaData(), Column("version_num", Text, primary_key=True))
+SCHEMA_REVISION = select(_version.c.version_num)
 
 
 @dataclass(frozen=True)
@@ -71,13 +74,15 @@ class Health:
         return None if self.revision is None else self.revision == self.head
 
 
-async def read(fetch: Fetch, *, probe_writes: bool = False) -> Health:
+async def read(fetch: Fetch, *, probe_writes: bool = False, schema: str | None = None) -> Health:
     """The database's health as the layer's role sees it.
 
     Raises SchemaMissingError without the tables and, with ``probe_writes``, the error a send
     would meet (DatabaseReadOnlyError on a server that takes no writes).
     """
-    (row,) = await fetch(PING_WRITABLE if probe_writes else HEALTH, {})
+    # The version table is looked up by name, so it is qualified as the statements' tables are.
+    version_table = {"version_table": regclass_name(VERSION_TABLE, schema)}
+    (row,) = await fetch(PING_WRITABLE if probe_writes else HEALTH, version_table)
     revision = None
     if row["versioned"] and row["version_readable"]:
         # One row for a linear history such as the layer's.

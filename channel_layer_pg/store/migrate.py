@@ -23,7 +23,7 @@ def migrations_directory() -> Path:
     raise FileNotFoundError(f"the channel_layer_pg migrations are missing from {_PACKAGE}")
 
 
-def alembic_config(url: str | URL) -> object:
+def alembic_config(url: str | URL, *, schema: str | None = None) -> object:
     from alembic.config import Config
 
     config = Config()
@@ -31,6 +31,8 @@ def alembic_config(url: str | URL) -> object:
     # Kept as an attribute, not a main option: configparser would mangle '%' in passwords.
     # As written: env.py turns its libpq parameters (sslmode, sslrootcert...) into connect args.
     config.attributes["url"] = parse_url(url)
+    if schema is not None:
+        config.attributes["schema"] = schema
     return config
 
 
@@ -54,14 +56,16 @@ def migration_head() -> str:
     return head
 
 
-def migrate(url: str | URL, revision: str = "head") -> None:
+def migrate(url: str | URL, revision: str = "head", *, schema: str | None = None) -> None:
     """Bring the layer's tables at ``url`` to ``revision`` (``head`` by default).
 
-    Safe to call from inside a running event loop: Alembic runs in a thread of its own then.
+    ``schema``: the tables (and their version table) go in this PostgreSQL schema, created if
+    missing; a layer given the same ``schema`` option uses them. Safe to call from inside a
+    running event loop: Alembic runs in a thread of its own then.
     """
     from alembic import command
 
-    config = alembic_config(url)
+    config = alembic_config(url, schema=schema)
 
     def upgrade() -> None:
         command.upgrade(config, revision)  # type: ignore[arg-type]
@@ -69,8 +73,8 @@ def migrate(url: str | URL, revision: str = "head") -> None:
     _outside_event_loop(upgrade)
 
 
-def current_revision(url: str | URL) -> str | None:
-    """The revision the layer's tables at ``url`` are at; None if they were never migrated."""
+def current_revision(url: str | URL, *, schema: str | None = None) -> str | None:
+    """The revision the layer's tables at ``url`` (in ``schema``) are at; None if never migrated."""
     from alembic.migration import MigrationContext
     from sqlalchemy.engine import Connection
     from sqlalchemy.ext.asyncio import create_async_engine
@@ -81,7 +85,9 @@ def current_revision(url: str | URL) -> str | None:
     database_url, connect_args = asyncpg_url(url)
 
     def read(connection: Connection) -> str | None:
-        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        context = MigrationContext.configure(
+            connection, opts={"version_table": VERSION_TABLE, "version_table_schema": schema}
+        )
         return context.get_current_revision()
 
     async def connect_and_read() -> str | None:
@@ -99,10 +105,10 @@ def current_revision(url: str | URL) -> str | None:
     return found[0]
 
 
-def downgrade(url: str | URL, revision: str = "base") -> None:
+def downgrade(url: str | URL, revision: str = "base", *, schema: str | None = None) -> None:
     from alembic import command
 
-    config = alembic_config(url)
+    config = alembic_config(url, schema=schema)
     _outside_event_loop(lambda: command.downgrade(config, revision))  # type: ignore[arg-type]
 
 

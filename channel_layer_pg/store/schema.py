@@ -39,3 +39,15 @@ group_member = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Index("channel_layer_pg_group_member_expires_idx", "expires_at"),
 )
+
+
+def schema_translation(schema: str | None) -> dict[str | None, str] | None:
+    """SQLAlchemy's schema_translate_map that puts the tables in ``schema`` (None: unqualified)."""
+    return None if schema is None else {None: schema}
+
+
+def regclass_name(table_name: str, schema: str | None) -> str:
+    """``table_name`` as to_regclass() reads it, qualified by ``schema`` if given."""
+    if schema is None:
+        return table_name
+    return '"' + schema.replace('"', '""') + '".' + table_name

@@ -181,9 +181,11 @@ LISTENERS = (
 )
 
 
-async def collect(fetch: Fetch, *, prefix: str, expiry: float, limit: int) -> LayerStats:
+async def collect(
+    fetch: Fetch, *, prefix: str, expiry: float, limit: int, schema: str | None = None
+) -> LayerStats:
     """Gather LayerStats with ``fetch`` (a LoopBackend's)."""
-    found = await health.read(fetch)
+    found = await health.read(fetch, schema=schema)
     rows = await fetch(STATS, {"prefix": prefix, "limit": limit})
     sessions = await fetch(LISTENERS, {"application_name": listener_application_name(prefix), "limit": limit})
     by_kind: dict[str, list[Any]] = {}

@@ -41,10 +41,10 @@ def check_layer_schema(
         if alias is None:
             continue
         fix = f"Run: python manage.py migrate --database {alias}"
-        where = f"channel layer {layer.name!r} at {layer.safe_url}"
+        where = f"channel layer {layer.name!r} at {layer.where}"
         obj = f"CHANNEL_LAYERS[{layer.name!r}]"
         try:
-            revision = current_revision(layer.url)
+            revision = current_revision(layer.url, schema=layer.schema)
         except Exception as exc:  # any failure to connect is the finding itself
             found.append(
                 checks.Warning(

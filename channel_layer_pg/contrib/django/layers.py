@@ -27,10 +27,12 @@ class LayerDatabase:
 
     name: str
     url: URL  # postgresql://, libpq parameters in the query, as the user wrote them
+    schema: str | None = None  # the layer's schema option: where its tables are
 
     @property
-    def safe_url(self) -> str:
-        return safe_url(self.url)
+    def where(self) -> str:
+        """The database, and the schema if the layer names one, for messages."""
+        return safe_url(self.url) + (f" (schema {self.schema})" if self.schema else "")
 
     def is_on(self, alias: str) -> bool:
         """Whether this layer's database is the one DATABASES[alias] names now."""
@@ -54,18 +56,18 @@ def layer_entries() -> Iterator[tuple[str, Mapping[str, Any]]]:
 
 def layer_database(name: str, config: Mapping[str, Any]) -> LayerDatabase:
     """The database of one entry; TypeError or ValueError as the layer itself would raise."""
-    build_config(config)
+    schema = build_config(config).schema
     if config.get("engine") is not None:
         raise ValueError(
             f"channel layer {name!r} is given an engine, which names no database here; "
             "migrate it with channel_layer_pg.migrate(url)"
         )
     if config.get("url") is not None:
-        return LayerDatabase(name, parse_url(config["url"]))
+        return LayerDatabase(name, parse_url(config["url"]), schema)
     django = {key: config[key] for key in DJANGO_KEYS if key in config}
     if django:
-        return LayerDatabase(name, django_url(django))
-    return LayerDatabase(name, parse_url(os.environ[URL_ENV_VAR], option=URL_ENV_VAR))
+        return LayerDatabase(name, django_url(django), schema)
+    return LayerDatabase(name, parse_url(os.environ[URL_ENV_VAR], option=URL_ENV_VAR), schema)
 
 
 def layer_databases() -> list[LayerDatabase]:
@@ -81,15 +83,15 @@ def layer_databases() -> list[LayerDatabase]:
 
 def migrate_to_head(layer: LayerDatabase, *, verbosity: int, stdout: TextIO) -> None:
     """Run the layer's Alembic migrations up to head, unless its schema is there already."""
-    before = current_revision(layer.url)
+    before = current_revision(layer.url, schema=layer.schema)
     if before == migration_head():
         if verbosity >= 2:
-            stdout.write(f"  Channel layer {layer.name!r}: schema at head ({layer.safe_url})\n")
+            stdout.write(f"  Channel layer {layer.name!r}: schema at head ({layer.where})\n")
         return
-    migrate(layer.url)
+    migrate(layer.url, schema=layer.schema)
     if verbosity >= 1:
         stdout.write(
-            f"  Migrated channel layer {layer.name!r} schema at {layer.safe_url}"
+            f"  Migrated channel layer {layer.name!r} schema at {layer.where}"
             f" from {before or 'nothing'} to {migration_head()}\n"
         )
 

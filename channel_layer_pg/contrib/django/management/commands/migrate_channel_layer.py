@@ -41,6 +41,6 @@ class Command(BaseCommand):  # type: ignore[misc]
                 # One level up from migrate's: asked by name, "already at head" is news too.
                 migrate_to_head(layer, verbosity=options["verbosity"] + 1, stdout=self.stdout)
             else:
-                migrate(layer.url, options["revision"])
+                migrate(layer.url, options["revision"], schema=layer.schema)
                 revision = options["revision"]
-                self.stdout.write(f"Migrated channel layer {name!r} at {layer.safe_url} to {revision}")
+                self.stdout.write(f"Migrated channel layer {name!r} at {layer.where} to {revision}")
