@@ -132,7 +132,7 @@ def asyncpg_url(url: object, *, option: str = "url") -> tuple[URL, dict[str, Any
     libpq = {
         key: query.pop(key) for key in list(query) if key in LIBPQ_PARAMETERS and key not in _GIVEN_AS_KEYS
     }
-    connect_args = _connect_args(libpq, where=f"{option} parameter")
+    connect_args = _connect_args(libpq, option=option)
     return parsed.set(drivername="postgresql+asyncpg", query=query), connect_args
 
 
@@ -214,32 +214,34 @@ def merge_connect_args(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dic
     return merged
 
 
-def _connect_args(parameters: Mapping[str, object], *, where: str) -> dict[str, Any]:
+def _connect_args(parameters: Mapping[str, object], *, option: str) -> dict[str, Any]:
     connect_args: dict[str, Any] = {}
     server_settings: dict[str, str] = {}
     dsn: dict[str, str] = {}
     for key, given in parameters.items():
         if isinstance(given, tuple):
-            raise ValueError(f"{where} {key!r} is given {len(given)} times")
+            raise ValueError(f"{_named(option, key)} is given {len(given)} times")
         value = _text(given)
         if key == "sslmode":
             if value not in _SSLMODES:
-                raise ValueError(f"{where} 'sslmode' must be one of {', '.join(_SSLMODES)}, not {value!r}")
+                raise ValueError(
+                    f"{_named(option, key)} must be one of {', '.join(_SSLMODES)}, not {value!r}"
+                )
             connect_args["ssl"] = value
         elif key == "connect_timeout":
-            connect_args["timeout"] = _timeout(value, where=where)
+            connect_args["timeout"] = _timeout(value, name=_named(option, key))
         elif key == "application_name":
             server_settings["application_name"] = value
         elif key == "options":
-            server_settings.update(_settings_from_options(value, where=where))
+            server_settings.update(_settings_from_options(value, name=_named(option, key)))
         elif key in _ASYNCPG_DSN_PARAMETERS:
             dsn[key] = value
         elif key in _ONLY:
             allowed, reason = _ONLY[key]
             if value.lower() not in allowed:
-                raise ValueError(f"{where} {key}={value!r} cannot apply: {reason}")
+                raise ValueError(f"{_named(option, key)}={value!r} cannot apply: {reason}")
         elif key in _UNSUPPORTED:
-            raise ValueError(f"{where} {key!r} cannot apply: {_UNSUPPORTED[key]}")
+            raise ValueError(f"{_named(option, key)} cannot apply: {_UNSUPPORTED[key]}")
         # Otherwise one of _IGNORED: libpq would connect the same way without it.
     if server_settings:
         connect_args["server_settings"] = server_settings
@@ -248,24 +250,29 @@ def _connect_args(parameters: Mapping[str, object], *, where: str) -> dict[str, 
     return connect_args
 
 
+def _named(option: str, key: str) -> str:
+    """How errors name a parameter: as Django's settings write it, or in a URL's query."""
+    return f"OPTIONS[{key!r}]" if option == "OPTIONS" else f"{option} query parameter {key!r}"
+
+
 def _text(value: object) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
     return value if isinstance(value, str) else str(value)
 
 
-def _timeout(value: str, *, where: str) -> float:
+def _timeout(value: str, *, name: str) -> float:
     try:
         seconds = float(value)
     except ValueError:
         seconds = math.nan
     # libpq waits forever for 0; the layer's retries and errors rely on a bounded wait.
     if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"{where} 'connect_timeout' must be a finite number of seconds > 0, not {value!r}")
+        raise ValueError(f"{name} must be a finite number of seconds > 0, not {value!r}")
     return seconds
 
 
-def _settings_from_options(value: str, *, where: str) -> dict[str, str]:
+def _settings_from_options(value: str, *, name: str) -> dict[str, str]:
     """The session settings of libpq's ``options``: ``-c name=value`` and ``--name=value``."""
     tokens = _split_options(value)
     settings: dict[str, str] = {}
@@ -280,13 +287,11 @@ def _settings_from_options(value: str, *, where: str) -> dict[str, str]:
             pair, index = token[2:], index + 1
         else:
             # The layer merges these with its own session settings, which it can do by name.
-            raise ValueError(
-                f"{where} 'options' may hold only -c name=value settings, not {token!r}: {value!r}"
-            )
-        name, equals, setting = pair.partition("=")
-        if not equals or not name:
-            raise ValueError(f"{where} 'options': expected -c name=value, got {pair!r}")
-        settings[name.replace("-", "_")] = setting
+            raise ValueError(f"{name} may hold only -c name=value settings, not {token!r}: {value!r}")
+        setting_name, equals, setting = pair.partition("=")
+        if not equals or not setting_name:
+            raise ValueError(f"{name}: expected -c name=value, got {pair!r}")
+        settings[setting_name.replace("-", "_")] = setting
     return settings
 
 

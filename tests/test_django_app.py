@@ -123,7 +123,7 @@ async def test_check_names_a_bad_layer_option_without_a_database(project: Django
 
     assert checked.returncode != 0
     assert "channel_layer_pg.E001" in checked.output
-    assert "'sslmode' must be one of disable, allow, prefer, require" in checked.output
+    assert "OPTIONS['sslmode'] must be one of disable, allow, prefer, require" in checked.output
 
 
 async def test_migrate_leaves_a_layer_on_a_database_of_its_own_to_its_command(
