@@ -10,12 +10,14 @@ except ImportError:  # pragma: no cover - exercised only without Channels instal
 __all__ = [
     "ChannelFull",
     "ChannelLayerError",
+    "DatabaseError",
     "DatabaseFullError",
     "DatabaseReadOnlyError",
     "DatabaseUnreachableError",
     "DecryptionError",
     "LayerClosedError",
     "MessageTooLarge",
+    "PermissionDeniedError",
     "SchemaMissingError",
     "SchemaOutdatedError",
     "StatementRejectedError",
@@ -66,6 +68,17 @@ class DatabaseFullError(StatementRejectedError):
 
 class TransactionConflictError(StatementRejectedError):
     """Raised when the server aborted a statement to resolve a deadlock or serialization failure."""
+
+
+class DatabaseError(ChannelLayerError):
+    """Raised when PostgreSQL refuses a layer statement for a reason none of the others name.
+
+    The server's error is the ``__cause__``, and the message quotes it with its SQLSTATE.
+    """
+
+
+class PermissionDeniedError(DatabaseError):
+    """Raised when the layer's role lacks a privilege a statement needs; the message names the grants."""
 
 
 class DecryptionError(ChannelLayerError, ValueError):

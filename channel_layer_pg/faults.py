@@ -32,11 +32,13 @@ Hooks run on the event loop doing the work: the application's, or the layer's I/
 calls from other loops (``async_to_sync``). To reach another loop use its
 ``call_soon_threadsafe``; to tell a test thread, a ``threading.Event``.
 
-Three timings a test would otherwise wait out are carried here too, as they are nobody's to
+Four timings a test would otherwise wait out are carried here too, as they are nobody's to
 tune in production: ``poll_interval``, how often a reader with receives waiting looks at the
 table when no NOTIFY comes (5 s), ``reader_linger``, how long a reader with nobody waiting
-stays subscribed before it UNLISTENs (30 s), and ``drop_summary_interval``, how long capacity
-drops are counted before one summary line logs them (10 s). None keeps the layer's own.
+stays subscribed before it UNLISTENs (30 s), ``drop_summary_interval``, how long capacity
+drops are counted before one summary line logs them (10 s), and ``cleanup_interval``, the
+time between the layer's cleanup passes (30 s), which also sets how soon a dead process's
+rows go (two passes). None keeps the layer's own.
 """
 
 from __future__ import annotations
@@ -54,10 +56,12 @@ class FaultHooks:
         poll_interval: float | None = None,
         reader_linger: float | None = None,
         drop_summary_interval: float | None = None,
+        cleanup_interval: float | None = None,
     ) -> None:
         self.poll_interval = _seconds_or_none("poll_interval", poll_interval)
         self.reader_linger = _seconds_or_none("reader_linger", reader_linger)
         self.drop_summary_interval = _seconds_or_none("drop_summary_interval", drop_summary_interval)
+        self.cleanup_interval = _seconds_or_none("cleanup_interval", cleanup_interval)
 
     async def before_statement(self, name: str, parameters: Mapping[str, Any]) -> None:
         """The layer is about to run statement ``name`` with ``parameters``."""

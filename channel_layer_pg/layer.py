@@ -16,7 +16,13 @@ from .droplog import DropLog
 from .errors import ChannelFull, DatabaseUnreachableError, LayerClosedError
 from .local import Claimed, ClaimedBuffer
 from .loops import EventLoops
-from .naming import is_process_local, non_local_name, validate_channel_name, validate_group_name
+from .naming import (
+    is_process_local,
+    new_process_id,
+    non_local_name,
+    validate_channel_name,
+    validate_group_name,
+)
 from .stats import LayerStats, check_limit, with_process_figures
 from .store import health, statements
 from .store.backend import LoopBackend
@@ -49,7 +55,8 @@ class PostgresChannelLayer(ChannelsInterface):
         # reads it through the layer, so each send sees one consistent set of options.
         self._config = build_config(options)
         # Names this instance alone may receive on end their non-local part with this.
-        self.client_prefix = secrets.token_hex(6)
+        # Also names its liveness lock (naming.liveness_lock_key), held while it lives.
+        self.client_prefix = new_process_id()
         self._own_queue_suffix = f".{self.client_prefix}!"
         self._buffer = ClaimedBuffer()
         # Long-lived loops are served directly, each with its own connections; async_to_sync's
@@ -244,7 +251,15 @@ class PostgresChannelLayer(ChannelsInterface):
             statement = statements.GROUP_ADD
             extra = {"member_expires_at_interval": self._config.group_expiry}
         parameters = {"prefix": self.prefix, "group": group, "channel": channel, **extra}
-        await self._call(lambda backend: backend.execute(statement, parameters))
+        # Other processes' cleanup removes the memberships of a process that holds no lock.
+        own = self._owns(non_local_name(channel))
+
+        async def add(backend: LoopBackend) -> None:
+            if own:
+                await backend.hold_liveness()
+            await backend.execute(statement, parameters)
+
+        await self._call(add)
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove ``channel`` from ``group``; removing a channel that is not there is fine.
@@ -309,7 +324,11 @@ class PostgresChannelLayer(ChannelsInterface):
 
     def _new_backend(self, use_given_engine: bool) -> LoopBackend:
         return LoopBackend(
-            lambda: self._config, self._buffer, self._wake_readers, use_given_engine=use_given_engine
+            lambda: self._config,
+            self._buffer,
+            self._wake_readers,
+            process_id=self.client_prefix,
+            use_given_engine=use_given_engine,
         )
 
     def _owns(self, queue: str) -> bool:

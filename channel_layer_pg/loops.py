@@ -26,8 +26,9 @@ Which loops are served directly (EventLoops.route):
 A loop that ends without the layer being closed gives its connections back as it ends:
 ``asyncio.run`` (and asyncio.Runner, uvloop.run, pytest-asyncio) closes every live async
 generator of the loop before closing it, and each backend keeps one suspended on its loop
-for that. A loop closed without that step (``loop.close()`` alone) leaves its connections
-abandoned; the next backend made for a loop, or close(), notices, logs it and drops them.
+for that. A loop closed without that step (``loop.close()`` alone) can run nothing more; the
+next backend made for a loop, or close(), notices and lets its backend go without it
+(LoopBackend.abandon). Either way one DEBUG line: both are routine in scripts and tests.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class EventLoops:
         live = {}
         for loop, served in self._direct.items():
             if loop.is_closed():
-                _log_abandoned(loop)
+                served.abandon(loop)
             else:
                 live[loop] = served
         return live
@@ -163,7 +164,8 @@ class EventLoops:
                 await served.stop_receiving(LayerClosedError("the event loop ended"))
                 await served.release()
                 if ours:
-                    logger.info(
+                    # Routine for sync callers and asyncio.run() scripts: nothing to act on.
+                    logger.debug(
                         "the event loop %r ended before the channel layer was closed; closed its connections",
                         loop,
                     )
@@ -206,7 +208,7 @@ class EventLoops:
         targets: list[tuple[asyncio.AbstractEventLoop, _Served]] = []
         for loop, served in direct.items():
             if loop.is_closed():
-                _log_abandoned(loop)
+                served.abandon(loop)
             elif loop.is_running():
                 targets.append((loop, served))
             # A loop neither closed nor running ends its backend when it ends.
@@ -236,14 +238,6 @@ def _made_for_one_call(loop: asyncio.AbstractEventLoop) -> bool:
     sync = sys.modules.get("asgiref.sync")
     executors = getattr(getattr(sync, "AsyncToSync", None), "loop_thread_executors", None)
     return isinstance(executors, dict) and loop in executors
-
-
-def _log_abandoned(loop: asyncio.AbstractEventLoop) -> None:
-    logger.warning(
-        "the event loop %r was closed without ending its async generators (as asyncio.run does) "
-        "or closing the channel layer first; its connections were abandoned",
-        loop,
-    )
 
 
 class _Served:
@@ -284,6 +278,18 @@ class _Served:
             # Closed now, on its loop, rather than when collected: a collected generator's
             # closing would be scheduled on its loop at some later turn.
             await watcher.aclose()
+
+    def abandon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """``loop`` was closed under the layer: drop its backend's connections without it."""
+        if not self.released:
+            self.released = True
+            self._watcher = None
+            self.backend.abandon(loop)
+            logger.debug(
+                "the event loop %r was closed without ending its async generators or closing the "
+                "channel layer; dropped its connections",
+                loop,
+            )
 
     def unwatch(self) -> None:
         self._watcher = None

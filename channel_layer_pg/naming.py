@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import secrets
 
 MAX_NAME_LENGTH = 100  # the spec: names are shorter than 100 characters
 
@@ -56,6 +57,31 @@ def non_local_name(channel: str) -> str:
 
 def is_process_local(channel: str) -> bool:
     return "!" in channel
+
+
+# A layer instance's process id, the part of its process-local names before "!": "p" and 48
+# random bits. Only ids of this shape are judged by the dead-process cleanup (store/liveness.py);
+# any other name with "!" (written by hand, or by a layer that holds no liveness lock) is
+# left to expire.
+PROCESS_ID_PATTERN = r"p[0-9a-f]{12}"
+# The top 16 bits of every liveness lock key ("cl"): the 48 bits below are the process id's.
+LIVENESS_LOCK_NAMESPACE = 0x636C
+
+
+def new_process_id() -> str:
+    return f"p{secrets.token_hex(6)}"
+
+
+def liveness_lock_key(process_id: str) -> int:
+    """The session-level advisory lock key (bigint form) a process holds while it is alive.
+
+    The namespace in the top 16 bits keeps it apart from an application's own advisory locks
+    unless it uses keys in that same 1/65536 of the key space (two-int locks never meet it);
+    the 48 bits below are the process id's random bits, so no two live processes share a key.
+    """
+    if not re.fullmatch(PROCESS_ID_PATTERN, process_id):
+        raise ValueError(f"not a process id: {process_id!r}")
+    return (LIVENESS_LOCK_NAMESPACE << 48) | int(process_id[1:], 16)
 
 
 def listener_application_name(prefix: str) -> str:

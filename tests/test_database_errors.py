@@ -9,11 +9,15 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from channel_layer_pg import (
+    DatabaseError,
     DatabaseUnreachableError,
     LayerClosedError,
     PostgresChannelLayer,
     SchemaMissingError,
+    migrate,
 )
+from tests.conftest import connect
+from tests.helpers import receive
 
 
 async def test_a_missing_schema_names_the_command_that_creates_it(empty_database_url: str) -> None:
@@ -82,3 +86,27 @@ async def test_a_statement_waits_out_an_unreachable_database_for_less_than_two_s
     # Long enough to ride out a quick restart, short enough to hear of an outage promptly.
     assert len(waits) >= 3
     assert 1.7 <= sum(waits) <= 1.8  # 1.75 s, each wait logged rounded to 10 ms
+
+
+async def test_any_other_refusal_by_the_server_is_a_layer_error_quoting_it(empty_database_url: str) -> None:
+    # A trigger someone added to the table stands for any refusal the layer has no name for.
+    migrate(empty_database_url)
+    admin = await connect(empty_database_url)
+    layer = PostgresChannelLayer(url=empty_database_url, prefix="refusal")
+    try:
+        await layer.send("test.kept", {"type": "stored before"})
+        await admin.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'no more rows today' USING ERRCODE = 'P0001'; END $$"
+        )
+        await admin.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON channel_layer_pg_message "
+            "FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+        with pytest.raises(DatabaseError, match=r"no more rows today \(SQLSTATE P0001\)") as caught:
+            await layer.send("test.kept", {"type": "refused"})
+        assert caught.value.__cause__ is not None
+        assert await receive(layer, "test.kept") == {"type": "stored before"}
+    finally:
+        await layer.close()
+        await admin.close()

@@ -16,7 +16,13 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from channel_layer_pg import PostgresChannelLayer, SchemaMissingError, SchemaOutdatedError, migrate
+from channel_layer_pg import (
+    PermissionDeniedError,
+    PostgresChannelLayer,
+    SchemaMissingError,
+    SchemaOutdatedError,
+    migrate,
+)
 from channel_layer_pg.database_url import asyncpg_url
 from tests.conftest import connect
 from tests.helpers import TIMEOUT, LayerFactory, nothing_arrives, receive
@@ -106,11 +112,11 @@ async def test_a_layer_cannot_use_another_schema(
     b = make_layer(url=tenant_b[1], schema=tenant_b[0])
     await b.send("test.private", {"type": "b's own"})
     intruder = make_layer(url=tenant_a[1], schema=tenant_b[0])
-    with pytest.raises(Exception, match="permission denied"):
+    with pytest.raises(PermissionDeniedError, match="permission denied"):
         await intruder.send("test.private", {"type": "forged"})
-    with pytest.raises(Exception, match="permission denied"):
+    with pytest.raises(PermissionDeniedError, match="permission denied"):
         await asyncio.wait_for(intruder.receive("test.private"), TIMEOUT)
-    with pytest.raises(Exception, match="permission denied"):
+    with pytest.raises(PermissionDeniedError, match="permission denied"):
         await intruder.flush()
     assert await receive(b, "test.private") == {"type": "b's own"}
     assert await nothing_arrives(b, "test.private")

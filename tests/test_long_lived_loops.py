@@ -197,7 +197,7 @@ async def test_a_loop_that_ends_without_closing_the_layer_closes_its_connections
     await app.run(layer.send("test.ending", {"type": "x"}))
     assert await app.run(layer.receive("test.ending")) == {"type": "x"}  # LISTENs too
     assert await sessions(sql) > before
-    with caplog.at_level(logging.INFO, logger="channel_layer_pg"):
+    with caplog.at_level(logging.DEBUG, logger="channel_layer_pg"):
         await app.stop()
     assert layer.direct_loops == 0
     assert "ended before the channel layer was closed" in caplog.text
@@ -222,7 +222,7 @@ async def test_after_a_loop_ended_without_closing_the_layer_a_new_loop_works(
         await second.stop()
 
 
-async def test_a_loop_closed_outright_is_reported_and_the_next_loop_works(
+async def test_a_loop_closed_outright_is_let_go_and_the_next_loop_works(
     make_layer: LayerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     layer = make_layer()
@@ -240,11 +240,12 @@ async def test_a_loop_closed_outright_is_reported_and_the_next_loop_works(
             loop.close()  # no shutdown_asyncgens(): nothing gives the connections back
 
     await asyncio.to_thread(run_and_close_outright)
-    with caplog.at_level(logging.WARNING, logger="channel_layer_pg"), abandoned_connections_collected():
+    with caplog.at_level(logging.DEBUG, logger="channel_layer_pg"), abandoned_connections_collected():
         await layer.send("test.after-outright", {"type": "x"})
         await asyncio.to_thread(asyncio.run, layer.send("test.after-outright", {"type": "y"}))
         assert await receive(layer, "test.after-outright") == {"type": "x"}
-    assert "its connections were abandoned" in caplog.text
+    assert "closed without ending its async generators" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert layer.direct_loops == 1
 
 
@@ -252,9 +253,8 @@ async def test_a_loop_closed_outright_is_reported_and_the_next_loop_works(
 def abandoned_connections_collected() -> Iterator[None]:
     """Let the layer drop abandoned connections inside, and collect them before leaving.
 
-    Their loop is closed, so SQLAlchemy's attempt to close them raises inside the collector
-    (and logs the error, whose traceback would keep the sockets alive in the captured log),
-    and their sockets warn as they go: expected here, and kept out of later tests.
+    Their loop is closed, so their sockets can only be closed by the collector, and warn as
+    they go (ResourceWarning): expected here, and kept out of later tests.
     """
     hook = sys.unraisablehook
     sys.unraisablehook = lambda unraisable: None

@@ -16,6 +16,7 @@ def test_public_names_are_pinned() -> None:
     assert sorted(channel_layer_pg.__all__) == [
         "ChannelFull",
         "ChannelLayerError",
+        "DatabaseError",
         "DatabaseFullError",
         "DatabaseReadOnlyError",
         "DatabaseUnreachableError",
@@ -23,6 +24,7 @@ def test_public_names_are_pinned() -> None:
         "LayerClosedError",
         "LayerStats",
         "MessageTooLarge",
+        "PermissionDeniedError",
         "PostgresChannelLayer",
         "SchemaMissingError",
         "SchemaOutdatedError",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,11 +19,12 @@ from sqlalchemy.sql.base import Executable
 
 from ..config import LayerConfig
 from ..local import Claimed, ClaimedBuffer
-from ..naming import is_process_local, topic_for
+from ..naming import is_process_local, liveness_lock_key, topic_for
 from . import statements
 from .claims import QueueReader
 from .db import StatementRunner, create_engine, create_listen_engine
 from .listener import Listener
+from .liveness import DeadProcesses
 from .sendbatch import PendingSend, SendBatcher
 
 cleanup_logger = logging.getLogger("channel_layer_pg.cleanup")
@@ -45,6 +47,7 @@ class LoopBackend:
         buffer: ClaimedBuffer,
         on_buffered: Callable[[str], None],
         *,
+        process_id: str,
         use_given_engine: bool,
     ) -> None:
         self._current_config = current_config
@@ -59,9 +62,14 @@ class LoopBackend:
         # LISTEN through a transaction pooler would hear nothing: with listen_url set, the
         # listener connects there, directly to PostgreSQL.
         self._listen_engine = create_listen_engine(config)
-        self._listener = Listener(self._listen_engine or self.engine, config, self._notify)
+        self._listener = Listener(
+            self._listen_engine or self.engine, config, self._notify, liveness_lock_key(process_id)
+        )
         self._readers: dict[str, QueueReader] = {}
         self._cleanup_task: asyncio.Task[None] | None = None
+        self._dead = DeadProcesses()
+        hooks = config.fault_hooks
+        self._cleanup_interval = (hooks and hooks.cleanup_interval) or CLEANUP_INTERVAL
 
     @property
     def _config(self) -> LayerConfig:
@@ -116,7 +124,16 @@ class LoopBackend:
 
     async def receive(self, queue: str, channel: str) -> Claimed:
         self._ensure_cleanup()
+        if is_process_local(queue):
+            # The layer's own queue (layer.receive refuses others'): its rows stay while it
+            # lives. Its reader's LISTEN opens the connection.
+            self._listener.keep_open()
         return await self._reader(queue).receive(channel)
+
+    async def hold_liveness(self) -> None:
+        """Hold this process's liveness lock from now on (see Listener.hold)."""
+        self._ensure_cleanup()
+        await self._listener.hold()
 
     def _reader(self, queue: str) -> QueueReader:
         reader = self._readers.get(queue)
@@ -169,6 +186,29 @@ class LoopBackend:
             await self._listen_engine.dispose()
         if self._owns_engine:
             await self.engine.dispose()
+
+    def abandon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """``loop`` was closed under the layer (no asyncio.run ending, no close()): let go quietly.
+
+        Its connections are dropped without it, and the tasks left pending on it (the cleanup,
+        readers) are ones asyncio would report as "destroyed but pending" when collected: the
+        loop's exception handler is told to pass over those of this package. Nothing runs on a
+        closed loop again, so the handler serves only such reports.
+        """
+        self._listener.abandon()
+        self._statements.abandon()
+        previous = loop.get_exception_handler()
+
+        def handler(closed: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            task = context.get("task")
+            if isinstance(task, asyncio.Task) and _is_ours(task):
+                return
+            if previous is not None:
+                previous(closed, context)
+            else:
+                closed.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)
 
     async def put_back(self, rows: Sequence[Claimed]) -> None:
         """Return claimed messages of normal channels that no receive took to the table.
@@ -235,12 +275,27 @@ class LoopBackend:
 
     async def _clean_periodically(self) -> None:
         while True:
-            await asyncio.sleep(CLEANUP_INTERVAL)
+            await asyncio.sleep(self._cleanup_interval)
             self._buffer.drop_expired()
             try:
                 await self.delete_expired()
+                await self._remove_dead()
             except Exception as exc:
                 cleanup_logger.warning("removing expired rows failed: %s", exc)
+
+    async def _remove_dead(self) -> None:
+        started = time.perf_counter()
+        dead, memberships, messages = await self._dead.remove(
+            self.fetch, self.execute, self._cleanup_interval
+        )
+        if dead:
+            cleanup_logger.info(
+                "cleanup removed %d group memberships and %d queued messages of %d dead processes in %.3f s",
+                memberships,
+                messages,
+                dead,
+                time.perf_counter() - started,
+            )
 
     async def delete_expired(self) -> int:
         """Remove expired messages and lapsed memberships in bounded batches; rows removed."""
@@ -274,3 +329,14 @@ class LoopBackend:
         reader = self._readers.get(queue)
         if reader is not None:
             reader.serve_buffered()
+
+
+# The package's directory: a task whose coroutine's code lives under it is the layer's.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _is_ours(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` runs a coroutine of this package (the layer's own tasks)."""
+    # By its code, not its frame: a coroutine collected before its task has no frame left.
+    code = getattr(task.get_coro(), "cr_code", None)
+    return code is not None and os.path.abspath(code.co_filename).startswith(_PACKAGE_DIR)

@@ -290,6 +290,10 @@ class StatementRunner:
         else:
             await self._connections.release(held)
 
+    def abandon(self) -> None:
+        """The loop was closed under the layer: drop the idle connections without it."""
+        self._connections.abandon()
+
     async def close(self) -> None:
         """Return the connections held between statements, before the engine is disposed."""
         await self._connections.close(timeout=self._config.close_timeout)

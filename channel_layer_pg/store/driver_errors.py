@@ -12,9 +12,11 @@ from sqlalchemy.exc import DBAPIError
 from ..config import LayerConfig
 from ..errors import (
     ChannelLayerError,
+    DatabaseError,
     DatabaseFullError,
     DatabaseReadOnlyError,
     DatabaseUnreachableError,
+    PermissionDeniedError,
     SchemaMissingError,
     StatementRejectedError,
     StatementTimeoutError,
@@ -24,6 +26,7 @@ from ..errors import (
 MIGRATE_HINT = "python -m channel_layer_pg migrate --url URL  (or: alembic upgrade head)"
 
 _UNDEFINED_TABLE = "42P01"
+_INSUFFICIENT_PRIVILEGE = "42501"
 _PROTOCOL_VIOLATION = "08P01"
 # max_connections reached, or the role's or database's CONNECTION LIMIT.
 _TOO_MANY_CONNECTIONS = "53300"
@@ -133,6 +136,18 @@ def translate(config: LayerConfig, exc: Exception) -> Exception:
         return unreachable(config, driver or exc)
     if isinstance(underneath, (OSError, asyncio.TimeoutError, asyncpg.exceptions.InterfaceError)):
         return unreachable(config, underneath)
+    if sqlstate == _INSUFFICIENT_PRIVILEGE:
+        return PermissionDeniedError(
+            f"PostgreSQL at {config.host_and_port} ({config.safe_url}): {_first_line(driver)}; the "
+            f"layer's role needs SELECT, INSERT, UPDATE and DELETE on the layer's two tables "
+            f"(and USAGE on their schema): see docs/operations.md, Privileges"
+        )
+    if sqlstate:
+        # Any other refusal by the server: still the layer's error, so callers catch one family.
+        return DatabaseError(
+            f"PostgreSQL at {config.host_and_port} ({config.safe_url}) refused a layer statement: "
+            f"{_first_line(driver)} (SQLSTATE {sqlstate})"
+        )
     return exc
 
 

@@ -1,7 +1,13 @@
 """One LISTEN connection per layer and event loop, outside the pool, that wakes readers.
 
 It is closed when nothing has been listened to for pool_idle_timeout seconds, and opened
-again by the next subscribe.
+again by the next subscribe, unless it is held open (``hold``) for the process's liveness.
+
+Every LISTEN session holds a shared session-level advisory lock on its layer instance's
+liveness key (naming.liveness_lock_key): PostgreSQL releases it when the session ends however
+it ends (close, kill -9 of the process, a terminated backend), which is how other processes'
+cleanup tells a dead process from a live one (store/liveness.py). Shared, so the listeners
+of one instance on several event loops never wait on each other.
 
 NOTIFY carries no data here: the message table is the source of truth and a notification
 only says "look again". That makes a lost notification (the connection dropped, nobody was
@@ -42,9 +48,12 @@ class NotificationsNotDelivered(DatabaseUnreachableError):
 class Listener:
     """LISTENs on ``engine`` (the layer's, or one on listen_url) for the topics readers want."""
 
-    def __init__(self, engine: AsyncEngine, config: LayerConfig, notify: Notify) -> None:
+    def __init__(self, engine: AsyncEngine, config: LayerConfig, notify: Notify, liveness_key: int) -> None:
         self._engine = engine
         self._config = config
+        self._liveness_key = liveness_key
+        # Set by hold(): the connection stays open with nothing listened to, holding the lock.
+        self._held = False
         # Errors about the LISTEN connection name the server it goes to.
         self._listen_config = config.for_listening()
         self._notify = notify
@@ -106,6 +115,28 @@ class Listener:
                     logger.debug("UNLISTEN %s failed; connection already gone", topic)
             self._close_when_unused()
 
+    def keep_open(self) -> None:
+        """Keep the connection, once open, and with it the liveness lock, until close().
+
+        A process's group memberships and queued rows are removed once no session holds its
+        lock (store/liveness.py), so a layer that has put its process-local channels in
+        groups or receives on them keeps the lock while it lives, listening or not.
+        """
+        self._held = True
+        if self._unused_timer is not None:
+            self._unused_timer.cancel()
+            self._unused_timer = None
+
+    async def hold(self) -> None:
+        """keep_open(), and connect now if not connected (nor reconnecting already)."""
+        self.keep_open()
+        if self._driver is not None and not self._driver.is_closed():
+            return
+        if self._reconnect_task is not None and not self._reconnect_task.done():
+            return  # it takes the lock again as it reconnects
+        async with self._lock:
+            await self._ensure_connected()
+
     def _close_when_unused(self) -> None:
         """With nothing to listen to, close the connection after pool_idle_timeout seconds.
 
@@ -113,18 +144,18 @@ class Listener:
         against a server connection held for nothing meanwhile.
         """
         idle_timeout = self._config.pool_idle_timeout
-        if not self._wakers and idle_timeout is not None and self._unused_timer is None:
+        if not self._wakers and not self._held and idle_timeout is not None and self._unused_timer is None:
             self._unused_timer = asyncio.get_running_loop().call_later(idle_timeout, self._close_unused)
 
     def _close_unused(self) -> None:
         self._unused_timer = None
-        if not self._closed and not self._wakers and self._driver is not None:
+        if not self._closed and not self._wakers and not self._held and self._driver is not None:
             self._closing_unused = asyncio.get_running_loop().create_task(self._drop_if_unused())
 
     async def _drop_if_unused(self) -> None:
         async with self._lock:
             # A subscribe may have come while this waited for the lock.
-            if not self._wakers:
+            if not self._wakers and not self._held:
                 logger.debug("closing the listen connection: nothing listened to for a while")
                 await self._drop_connection()
 
@@ -141,6 +172,17 @@ class Listener:
         async with self._lock:
             await self._drop_connection()
         self._wakers.clear()
+
+    def abandon(self) -> None:
+        """The loop was closed under the layer: drop the connection without it (pool.abandon)."""
+        self._closed = True
+        driver, self._conn, self._driver = self._driver, None, None
+        if driver is not None:
+            try:
+                # Out of SQLAlchemy's pool already (detached): only asyncpg's side to mark.
+                driver.terminate()
+            except RuntimeError:
+                pass  # it could not schedule the transport's close on the closed loop
 
     async def _ensure_connected(self) -> None:
         if self._driver is not None and not self._driver.is_closed():
@@ -160,11 +202,22 @@ class Listener:
                     # Out of the pool for good: LISTEN is session state that must neither leak
                     # into another checkout nor be reset by the pool.
                     raw.detach()
-                    # Told apart from the pool's sessions, so stats can list the listeners.
-                    await driver.execute(
-                        "SELECT set_config('application_name', $1, false)",
+                    # Told apart from the pool's sessions, so stats can list the listeners;
+                    # and the liveness lock, in the same round trip. Nobody takes that key
+                    # exclusively, so the shared lock is always granted (unless an
+                    # application's own lock uses the key: then the process just looks dead).
+                    locked = await driver.fetchval(
+                        "SELECT set_config('application_name', $1, false) IS NOT NULL"
+                        " AND pg_try_advisory_lock_shared($2)",
                         listener_application_name(self._config.prefix),
+                        self._liveness_key,
                     )
+                    if not locked:
+                        logger.warning(
+                            "the liveness lock %d is held exclusively by another session; other "
+                            "processes will take this one for dead and remove its group memberships",
+                            self._liveness_key,
+                        )
                     driver.add_termination_listener(self._on_terminated)
                 except BaseException:
                     await conn.close()

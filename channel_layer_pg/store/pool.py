@@ -159,6 +159,22 @@ class HeldConnections:
             if not done:
                 logger.warning("closing with %d statements still running after %g s", self._count, timeout)
 
+    def abandon(self) -> None:
+        """Drop the idle connections of a loop that was closed under the layer, without it.
+
+        Nothing can run on a closed loop, so they cannot be closed the usual way; each is cut
+        loose from SQLAlchemy's pool (whose clean-up at garbage collection would fail on the
+        closed loop and log an error) and marked aborted, so nothing complains at collection.
+        Its socket closes when it is collected, and the server ends the session then.
+        """
+        self._closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        idle, self._idle = self._idle, []
+        for held in idle:
+            abandon_connection(held.connection, held.driver)
+
     async def _give_back(self, held: Held) -> None:
         # To the engine's pool: a NullPool (the layer's own engine) closes it, an
         # application's pool keeps it.
@@ -216,3 +232,16 @@ async def _abandon(connection: AsyncConnection) -> None:
         await connection.close()
     except Exception:
         pass  # already failing: the caller hears of the first error, not of this one
+
+
+def abandon_connection(connection: AsyncConnection, driver: Any) -> None:
+    """Cut ``connection`` loose from its pool and mark it aborted, on a loop already closed."""
+    try:
+        connection.sync_connection.connection.detach()  # type: ignore[union-attr]
+    except Exception:
+        logger.debug("detaching a connection of a closed event loop failed", exc_info=True)
+    try:
+        # Marks it aborted, then fails to schedule the transport's close on the closed loop.
+        driver.terminate()
+    except RuntimeError:
+        pass

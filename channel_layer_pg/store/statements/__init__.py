@@ -25,6 +25,7 @@ from .admin import (
     PING,
 )
 from .claim import CLAIM, CLAIM_CHANNEL
+from .liveness import DELETE_DEAD_MEMBERS, DELETE_DEAD_MESSAGES, LIVE_PROCESSES, LOCKLESS_OWNERS
 from .sends import GROUP_SEND, RESTORE, SEND, SEND_MANY, group_send_parameters, send_parameters
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "CLAIM_CHANNEL",
     "CLEANUP_BATCH",
     "DATABASE_IDENTITY",
+    "DELETE_DEAD_MEMBERS",
+    "DELETE_DEAD_MESSAGES",
     "DELETE_EXPIRED_MESSAGES",
     "DELETE_LAPSED_MEMBERS",
     "FLUSH_GROUPS",
@@ -40,6 +43,8 @@ __all__ = [
     "GROUP_ADD_FOREVER",
     "GROUP_DISCARD",
     "GROUP_SEND",
+    "LIVE_PROCESSES",
+    "LOCKLESS_OWNERS",
     "NOTIFY",
     "PING",
     "RESTORE",
