@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         StatementRejectedError,
         StatementTimeoutError,
         TransactionConflictError,
+        UndecodableMessageError,
     )
     from .layer import PostgresChannelLayer
     from .stats import LayerStats
@@ -45,6 +46,7 @@ __all__ = [
     "StatementRejectedError",
     "StatementTimeoutError",
     "TransactionConflictError",
+    "UndecodableMessageError",
     "migrate",
 ]
 
@@ -67,6 +69,7 @@ _MODULES = {
     "StatementRejectedError": ".errors",
     "StatementTimeoutError": ".errors",
     "TransactionConflictError": ".errors",
+    "UndecodableMessageError": ".errors",
     "PostgresChannelLayer": ".layer",
     "LayerStats": ".stats",
     "migrate": ".store.migrate",

@@ -23,6 +23,7 @@ __all__ = [
     "StatementRejectedError",
     "StatementTimeoutError",
     "TransactionConflictError",
+    "UndecodableMessageError",
 ]
 
 
@@ -83,6 +84,11 @@ class PermissionDeniedError(DatabaseError):
 
 class DecryptionError(ChannelLayerError, ValueError):
     """Raised by ``receive`` when a stored message cannot be decrypted with any configured key."""
+
+
+class UndecodableMessageError(ChannelLayerError, ValueError):
+    """Raised by ``receive`` when the serializer cannot read a stored message (another serializer
+    wrote it, or the row was altered); that message is dropped, the next receive gets the next."""
 
 
 class MessageTooLarge(ChannelLayerError, ValueError):

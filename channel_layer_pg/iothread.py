@@ -80,8 +80,15 @@ class IoThread:
                 coroutine.close()
                 call.report(_REFUSED, LayerClosedError("the channel layer was closed"))
                 return
-            call.task = loop.create_task(coroutine)
-            call.task.add_done_callback(lambda task: call.finished(task, stopped=self._stopped))
+            call.task = loop.create_task(call.run(coroutine))
+
+            def finished(task: asyncio.Task[T]) -> None:
+                # Cancelled before its first step, the task never started the coroutine:
+                # closed here, it does not warn that it was never awaited.
+                coroutine.close()
+                call.finished(task, stopped=self._stopped)
+
+            call.task.add_done_callback(finished)
 
         loop.call_soon_threadsafe(start)
         try:
@@ -129,7 +136,7 @@ class _Call(Generic[T]):
     no-op coroutine, measured here: 164-207 us the old way, 99-137 us this way.
     """
 
-    __slots__ = ("_caller", "ended", "outcome", "task")
+    __slots__ = ("_caller", "ended", "outcome", "reported", "task")
 
     def __init__(self, caller: asyncio.AbstractEventLoop) -> None:
         self._caller = caller
@@ -138,10 +145,21 @@ class _Call(Generic[T]):
         self.outcome: asyncio.Future[T] = caller.create_future()
         self.ended: asyncio.Future[tuple[str, Any]] = caller.create_future()
         self.task: asyncio.Task[T] | None = None
+        self.reported = False
 
     # -- on the I/O thread --
 
+    async def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """The call's task: a result is reported from here, a turn of the loop before the
+        task's done callback would run; a failure or a cancel is left to that callback."""
+        result = await coroutine
+        self.reported = True
+        self.report(_RESULT, result)
+        return result
+
     def finished(self, task: asyncio.Task[T], *, stopped: bool) -> None:
+        if self.reported:
+            return
         if task.cancelled():
             if stopped:
                 self.report(_REFUSED, LayerClosedError("the channel layer was closed"))

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import msgpack
 
-from .errors import DecryptionError, MessageTooLarge
+from .errors import DecryptionError, MessageTooLarge, UndecodableMessageError
 from .messages import is_well_formed, malformation
 
 
@@ -141,6 +141,7 @@ class Codec:
         max_message_size: int | None = None,
     ) -> None:
         self._serializer = serializer
+        self._serializer_name = getattr(serializer, "name", type(serializer).__name__)
         self._encryptor = encryptor
         self._prefix = prefix
         self._group_binding_start = f"g:{prefix}:".encode()
@@ -168,17 +169,21 @@ class Codec:
         return data
 
     def decode(self, data: bytes, *, channel: str) -> dict[str, Any]:
-        """The message in ``data``, received on ``channel``; DecryptionError if it cannot be trusted."""
+        """The message in ``data``, received on ``channel``.
+
+        DecryptionError if it cannot be trusted, UndecodableMessageError if the serializer
+        cannot read it; either way the message is gone from the table.
+        """
         if self._encryptor is None:
-            try:
-                return self._serializer.loads(data)
-            except Exception:
-                if data.startswith(_FERNET_TOKEN_START):
+            if data.startswith(_FERNET_TOKEN_START):
+                try:
+                    return self._load(data, channel)
+                except UndecodableMessageError:
                     raise DecryptionError(
                         f"a message on {channel!r} is encrypted but this layer has no "
                         f"symmetric_encryption_keys: {self._fix}; the message was dropped"
                     ) from None
-                raise
+            return self._load(data, channel)
         plain = self._encryptor.decrypt(data)
         if plain is None:
             if data.startswith(_FERNET_TOKEN_START):
@@ -200,7 +205,25 @@ class Codec:
                 f"a message found on {channel!r} under prefix {self._prefix!r} was sealed for "
                 f"{_describe_binding(binding)}: its row was altered in the table; the message was dropped"
             )
-        return self._serializer.loads(plain[2 + length :])
+        return self._load(plain[2 + length :], channel)
+
+    def _load(self, data: bytes, channel: str) -> dict[str, Any]:
+        # Whatever the serializer raises (msgpack's ExtraData, a UnicodeDecodeError, json's
+        # errors, a custom serializer's own), the caller gets one layer error that says why.
+        try:
+            message = self._serializer.loads(data)
+        except Exception as exc:
+            raise UndecodableMessageError(
+                f"a message on {channel!r} cannot be read with the {self._serializer_name} serializer "
+                f"({type(exc).__name__}: {exc}): configure the same serializer on every process using "
+                f"prefix {self._prefix!r}; the message was dropped"
+            ) from exc
+        if not isinstance(message, dict):
+            raise UndecodableMessageError(
+                f"a message on {channel!r} loaded as {type(message).__name__}, not a dict: configure the "
+                f"same serializer on every process using prefix {self._prefix!r}; the message was dropped"
+            )
+        return message
 
     def _bound(self, data: bytes, channel: str | None, group: str | None) -> bytes:
         if (channel is None) == (group is None):
@@ -209,7 +232,7 @@ class Codec:
         return bytes((_BOUND_FORMAT, len(binding))) + binding + data
 
     def _describe_unencodable(self, message: dict[str, Any], exc: Exception) -> str:
-        name = getattr(self._serializer, "name", type(self._serializer).__name__)
+        name = self._serializer_name
         for path, value in _leaves(message, "message"):
             try:
                 self._serializer.dumps({"v": value})

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ast
+import json
 from typing import Any
 
 import pytest
 
-from channel_layer_pg import ChannelLayerError, MessageTooLarge, PostgresChannelLayer
+from channel_layer_pg import ChannelLayerError, MessageTooLarge, PostgresChannelLayer, UndecodableMessageError
 from channel_layer_pg.messages import MAX_DEPTH
 from tests.helpers import LayerFactory, Sql, nothing_arrives, receive
 
@@ -228,3 +229,38 @@ async def test_max_message_size_counts_the_message_before_encryption(
     )
     assert row["n"] > 1000
     assert await receive(layer, "test.encrypted") == message
+
+
+@pytest.mark.parametrize(("written_with", "read_with"), [("json", "msgpack"), ("msgpack", "json")])
+async def test_a_message_the_serializer_cannot_read_is_a_layer_error_and_the_next_arrives(
+    make_layer: LayerFactory, written_with: str, read_with: str
+) -> None:
+    # One process of the prefix configured with another serializer: its messages are refused
+    # one by one with an error saying what to fix, and the reader's own still arrive.
+    writer = make_layer(serializer=written_with)
+    reader = make_layer(serializer=read_with)
+    await writer.send("test.mixed", {"type": "from the other serializer"})
+    await reader.send("test.mixed", {"type": "readable"})
+    with pytest.raises(UndecodableMessageError, match="same serializer on every process") as caught:
+        await receive(reader, "test.mixed")
+    assert isinstance(caught.value, ValueError)
+    assert caught.value.__cause__ is not None
+    assert await receive(reader, "test.mixed") == {"type": "readable"}
+
+
+async def test_a_serializer_that_loads_something_other_than_a_dict_is_a_layer_error(
+    make_layer: LayerFactory,
+) -> None:
+    class ListLoader:
+        name = "list-loader"
+
+        def dumps(self, message: dict[str, Any]) -> bytes:
+            return json.dumps(message).encode()
+
+        def loads(self, data: bytes) -> Any:
+            return [json.loads(data)]
+
+    reader = make_layer(serializer=ListLoader())
+    await reader.send("test.list", {"type": "x"})
+    with pytest.raises(UndecodableMessageError, match="loaded as list, not a dict"):
+        await receive(reader, "test.list")

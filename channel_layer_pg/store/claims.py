@@ -115,12 +115,16 @@ class QueueReader:
 
     async def _claim_inline(self, channel: str) -> Claimed | None:
         """The oldest message for ``channel`` if there is one now, else None."""
-        # A task of its own, so that the claimed row outlives a cancel of this receive.
-        claim = asyncio.ensure_future(self._claim(self.queue, [channel], 1))
+        # A task of its own, so that the claimed row outlives a cancel of this receive. It
+        # hands its outcome over itself: through asyncio.shield the receive resumed a turn of
+        # the event loop later (store.db.StatementRunner does the same for statements).
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[Sequence[Claimed]] = loop.create_future()
+        claim = loop.create_task(self._claim_into(outcome, channel))
         self._inline_claim = claim
         wakes, listening = self._wakes, self._listening
         try:
-            rows = await asyncio.shield(claim)
+            rows = await outcome
         except asyncio.CancelledError:
             # The claim stays "in flight" until its rows are handed back, so that no other
             # claim overtakes them. Ended already (the cancel came as its result did): hand
@@ -140,6 +144,24 @@ class QueueReader:
         if not rows:
             self._note_empty([channel], wakes, listening)
         return rows[0] if rows else None
+
+    async def _claim_into(
+        self, outcome: asyncio.Future[Sequence[Claimed]], channel: str
+    ) -> Sequence[Claimed]:
+        """The inline claim's task: its rows, handed to ``outcome`` unless the receive is gone."""
+        try:
+            rows = await self._claim(self.queue, [channel], 1)
+        except Exception as exc:
+            if not outcome.done():
+                outcome.set_exception(exc)
+            return ()  # a failed claim took nothing; the receive hears of the failure
+        except BaseException:
+            if not outcome.done():
+                outcome.cancel()
+            raise
+        if not outcome.done():
+            outcome.set_result(rows)
+        return rows
 
     def _inline_claim_orphaned(self, claim: asyncio.Future[Sequence[Claimed]]) -> None:
         if not claim.cancelled() and claim.exception() is None:
