@@ -13,7 +13,13 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from .capacity import ChannelCapacity, parse_channel_capacity
-from .database_url import DJANGO_IGNORED_KEYS, DJANGO_KEYS, asyncpg_url, url_from_django
+from .database_url import (
+    DJANGO_IGNORED_KEYS,
+    DJANGO_KEYS,
+    asyncpg_url,
+    merge_connect_args,
+    url_from_django,
+)
 from .faults import FaultHooks
 from .naming import validate_group_name
 from .serialization import Codec, Encryptor, resolve_serializer
@@ -164,10 +170,16 @@ def build_config(options: Mapping[str, Any]) -> LayerConfig:
             )
         database_url, connect_args = asyncpg_url(url)
 
+    # libpq's connect_timeout (OPTIONS, or the URL's query) is the layer's connect_timeout
+    # unless that is given: it bounds the whole wait, retries included, not one attempt.
+    libpq_timeout = connect_args.pop("timeout", None)
     listen_url: URL | None = None
     listen_connect_args: dict[str, Any] = {}
     if options.get("listen_url") is not None:
-        listen_url, listen_connect_args = asyncpg_url(options["listen_url"], option="listen_url")
+        listen_url, listen_own = asyncpg_url(options["listen_url"], option="listen_url")
+        # Connected as the database is (TLS files, timeout, settings), with what listen_url's
+        # own query says on top.
+        listen_connect_args = merge_connect_args(connect_args, listen_own)
     synchronous_commit: str | None = _synchronous_commit(options.get("synchronous_commit", "off"))
     if listen_url is not None:
         if "synchronous_commit" in options:
@@ -207,7 +219,7 @@ def build_config(options: Mapping[str, Any]) -> LayerConfig:
         pool_size=_positive_int("pool_size", options.get("pool_size", 10)),
         max_overflow=_non_negative_int("max_overflow", options.get("max_overflow", 10)),
         pool_idle_timeout=_optional_seconds("pool_idle_timeout", options.get("pool_idle_timeout", 60)),
-        connect_timeout=_seconds("connect_timeout", options.get("connect_timeout", 10)),
+        connect_timeout=_seconds("connect_timeout", options.get("connect_timeout", libpq_timeout or 10)),
         synchronous_commit=synchronous_commit,
         connect_args=connect_args,
         listen_url=listen_url,

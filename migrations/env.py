@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import os
 from logging.config import fileConfig
+from typing import Any
 
 from alembic import context
 from sqlalchemy import pool, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from channel_layer_pg.config import URL_ENV_VAR
@@ -28,12 +29,13 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
-def _url() -> object:
+def _url() -> tuple[URL, dict[str, Any]]:
+    """The asyncpg URL, and the connect args its libpq parameters (sslmode...) ask for."""
     url = config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url")
     url = url or os.environ.get(URL_ENV_VAR)
     if not url:
         raise SystemExit(f"no database URL: pass -x url=postgresql://... or set {URL_ENV_VAR}")
-    return asyncpg_url(url)[0]
+    return asyncpg_url(url)
 
 
 def _schema() -> str | None:
@@ -52,7 +54,7 @@ def _quoted(schema: str) -> str:
 
 
 def run_migrations_offline() -> None:
-    _configure(url=_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+    _configure(url=_url()[0], literal_binds=True, dialect_opts={"paramstyle": "named"})
     with context.begin_transaction():
         schema = _schema()
         if schema is not None:
@@ -75,7 +77,8 @@ def _run_sync(connection: Connection) -> None:
 
 async def _run_online() -> None:
     # asyncpg waits 60 s for a connection by default; a migration should fail sooner.
-    engine = create_async_engine(_url(), poolclass=pool.NullPool, connect_args={"timeout": 10})
+    url, connect_args = _url()
+    engine = create_async_engine(url, poolclass=pool.NullPool, connect_args={"timeout": 10, **connect_args})
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_sync)

@@ -10,10 +10,10 @@ import os
 import sys
 
 from alembic.util import CommandError
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..config import URL_ENV_VAR
+from ..database_url import safe_url
 from ..errors import ChannelLayerError
 from ..layer import PostgresChannelLayer
 from ..store.migrate import migrate
@@ -79,7 +79,7 @@ def _migrate(given: str | None, revision: str, schema: str | None) -> int:
     url = _url(given, "migrate")
     if not url:
         return 2
-    safe = make_url(url).render_as_string(hide_password=True)
+    safe = safe_url(url)
     try:
         migrate(url, revision, schema=schema)
     except (TimeoutError, OSError, SQLAlchemyError) as exc:
@@ -96,7 +96,7 @@ async def _stats(url: str, args: argparse.Namespace) -> int:
         stats = await layer.stats(limit=args.limit)
     finally:
         await layer.close()
-    database = make_url(url).render_as_string(hide_password=True)
+    database = safe_url(url)
     if args.json:
         print(json.dumps({"database": database, **stats.to_dict()}, indent=2))
     else:

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL
 
 from ..config import URL_ENV_VAR
-from ..database_url import asyncpg_url
+from ..database_url import asyncpg_url, parse_url
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -26,11 +26,11 @@ def migrations_directory() -> Path:
 def alembic_config(url: str | URL, *, schema: str | None = None) -> object:
     from alembic.config import Config
 
-    database_url, _ = asyncpg_url(url)
     config = Config()
     config.set_main_option("script_location", str(migrations_directory()))
     # Kept as an attribute, not a main option: configparser would mangle '%' in passwords.
-    config.attributes["url"] = database_url
+    # As written: env.py turns its libpq parameters (sslmode, sslrootcert...) into connect args.
+    config.attributes["url"] = parse_url(url)
     if schema is not None:
         config.attributes["schema"] = schema
     return config
@@ -73,6 +73,38 @@ def migrate(url: str | URL, revision: str = "head", *, schema: str | None = None
     _outside_event_loop(upgrade)
 
 
+def current_revision(url: str | URL, *, schema: str | None = None) -> str | None:
+    """The revision the layer's tables at ``url`` (in ``schema``) are at; None if never migrated."""
+    from alembic.migration import MigrationContext
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    from .schema import VERSION_TABLE
+
+    database_url, connect_args = asyncpg_url(url)
+
+    def read(connection: Connection) -> str | None:
+        context = MigrationContext.configure(
+            connection, opts={"version_table": VERSION_TABLE, "version_table_schema": schema}
+        )
+        return context.get_current_revision()
+
+    async def connect_and_read() -> str | None:
+        engine = create_async_engine(
+            database_url, poolclass=NullPool, connect_args={"timeout": 10, **connect_args}
+        )
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(read)
+        finally:
+            await engine.dispose()
+
+    found: list[str | None] = []
+    _outside_event_loop(lambda: found.append(asyncio.run(connect_and_read())))
+    return found[0]
+
+
 def downgrade(url: str | URL, revision: str = "base", *, schema: str | None = None) -> None:
     from alembic import command
 
@@ -104,6 +136,7 @@ def _outside_event_loop(work: object) -> None:
 __all__ = [
     "URL_ENV_VAR",
     "alembic_config",
+    "current_revision",
     "downgrade",
     "migrate",
     "migration_head",
