@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError
@@ -23,7 +24,10 @@ from ..errors import (
     TransactionConflictError,
 )
 
-MIGRATE_HINT = "python -m channel_layer_pg migrate --url URL  (or: alembic upgrade head)"
+MIGRATE_HINT = (
+    "python -m channel_layer_pg migrate --url URL  (or: alembic upgrade head; with the Django app "
+    "channel_layer_pg.contrib.django installed: manage.py migrate)"
+)
 
 _UNDEFINED_TABLE = "42P01"
 _INSUFFICIENT_PRIVILEGE = "42501"
@@ -134,7 +138,22 @@ def translate(config: LayerConfig, exc: Exception) -> Exception:
         return _pooled_statement_lost(config, driver or exc)
     if sqlstate in _CONNECTION_LOST_STATES or sqlstate.startswith("08"):
         return unreachable(config, driver or exc)
-    if isinstance(underneath, (OSError, asyncio.TimeoutError, asyncpg.exceptions.InterfaceError)):
+    if isinstance(underneath, ssl.SSLCertVerificationError):
+        # Waiting will not make a certificate verify: a setting to fix, so not retried.
+        return Refused(
+            f"PostgreSQL at {config.host_and_port} ({config.safe_url}): the server's TLS certificate "
+            f"did not verify ({underneath}): check sslrootcert, sslmode and the host name"
+        )
+    if isinstance(
+        underneath,
+        (
+            OSError,
+            asyncio.TimeoutError,
+            asyncpg.exceptions.InterfaceError,
+            # No host of the URL matched target_session_attrs: a failover in progress, retried.
+            asyncpg.exceptions.TargetServerAttributeNotMatched,
+        ),
+    ):
         return unreachable(config, underneath)
     if sqlstate == _INSUFFICIENT_PRIVILEGE:
         return PermissionDeniedError(
