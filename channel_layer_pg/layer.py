@@ -56,7 +56,7 @@ class PostgresChannelLayer(ChannelsInterface):
         self._config = build_config(options)
         # Names this instance alone may receive on end their non-local part with this.
         # Also names its liveness lock (naming.liveness_lock_key), held while it lives.
-        self.client_prefix = new_process_id()
+        self.client_prefix = self._new_process_id()
         self._own_queue_suffix = f".{self.client_prefix}!"
         self._buffer = ClaimedBuffer()
         # Long-lived loops are served directly, each with its own connections; async_to_sync's
@@ -321,6 +321,10 @@ class PostgresChannelLayer(ChannelsInterface):
         await self._loops.close(LayerClosedError("the channel layer was closed"), self._buffer.take_shared)
 
     # -- routing to the backend of the calling event loop -----------------------------------
+
+    def _new_process_id(self) -> str:
+        """This instance's process id; a shard of ShardedChannelLayer is given one that routes to it."""
+        return new_process_id()
 
     def _new_backend(self, use_given_engine: bool) -> LoopBackend:
         return LoopBackend(
