@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from itertools import count
@@ -11,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from channel_layer_pg import (
     ChannelFull,
@@ -18,6 +20,8 @@ from channel_layer_pg import (
     ShardedChannelLayer,
     migrate,
 )
+from channel_layer_pg.cli import main
+from channel_layer_pg.database_url import asyncpg_url
 from channel_layer_pg.embedded import EmbeddedPostgres, embedded_server
 from tests.helpers import TIMEOUT, receive
 
@@ -279,3 +283,53 @@ def test_two_shards_with_one_name_are_refused() -> None:
 def test_an_unknown_key_in_a_shard_entry_is_refused() -> None:
     with pytest.raises(TypeError, match="'capacity'"):
         ShardedChannelLayer(shards=[{"url": "postgresql://h1/db", "capacity": 5}])
+
+
+async def test_the_migrate_command_migrates_every_url_given(
+    empty_database_url: str, extra_servers: list[EmbeddedPostgres], capsys: pytest.CaptureFixture[str]
+) -> None:
+    urls = [empty_database_url, extra_servers[0].url]
+    argv = ["migrate", *(arg for url in urls for arg in ("--url", url))]
+    assert await asyncio.to_thread(main, argv) == 0
+    out = capsys.readouterr().out
+    assert [line.startswith("migrated ") for line in out.splitlines()] == [True, True]
+    layer = ShardedChannelLayer(shards=urls)
+    try:
+        await layer.check()
+    finally:
+        await layer.close()
+
+
+async def test_the_stats_command_reports_every_url_given(
+    make_sharded: ShardedFactory, shard_urls: dict[str, str], prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layer = make_sharded()
+    await layer.send(channel_on_each_shard(layer)["b"], {"type": "counted"})
+    argv = [
+        "stats",
+        "--prefix",
+        prefix,
+        "--json",
+        *(arg for url in shard_urls.values() for arg in ("--url", url)),
+    ]
+    assert await asyncio.to_thread(main, argv) == 0
+    documents = json.loads(capsys.readouterr().out)
+    assert [document["messages"] for document in documents] == [0, 1, 0]
+
+
+async def test_a_transactional_send_goes_through_only_on_the_channel_s_shard(
+    make_sharded: ShardedFactory, shard_urls: dict[str, str]
+) -> None:
+    layer = make_sharded()
+    channels = channel_on_each_shard(layer)
+    engine = create_async_engine(asyncpg_url(shard_urls["b"])[0])
+    try:
+        async with engine.begin() as conn:
+            await layer.send(channels["b"], {"type": "committed"}, connection=conn)
+        assert await receive(layer, channels["b"]) == {"type": "committed"}
+        with pytest.raises(ValueError, match="must write to the layer's own database") as raised:
+            async with engine.begin() as conn:
+                await layer.send(channels["c"], {"type": "wrong shard"}, connection=conn)
+        assert f"channel {channels['c']!r} lives on shard 'c'" in raised.value.__notes__
+    finally:
+        await engine.dispose()
