@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from channel_layer_pg import (
     ChannelFull,
     DatabaseUnreachableError,
+    LayerClosedError,
     ShardedChannelLayer,
     migrate,
 )
@@ -333,3 +334,14 @@ async def test_a_transactional_send_goes_through_only_on_the_channel_s_shard(
         assert f"channel {channels['c']!r} lives on shard 'c'" in raised.value.__notes__
     finally:
         await engine.dispose()
+
+
+async def test_calls_on_a_closed_sharded_layer_raise_layer_closed(make_sharded: ShardedFactory) -> None:
+    layer = make_sharded()
+    channel = channel_on_each_shard(layer)["b"]
+    await layer.close()
+    with pytest.raises(LayerClosedError, match="was closed"):
+        await layer.group_send("test-room", {"type": "x"})
+    with pytest.raises(LayerClosedError, match="was closed"):
+        await layer.send(channel, {"type": "x"})
+    await layer.group_discard("test-room", channel)

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 
 from ..channels_compat import ChannelsInterface
 from ..config import LayerConfig
-from ..errors import ChannelLayerError
+from ..errors import ChannelLayerError, LayerClosedError
 from ..layer import PostgresChannelLayer
 from ..naming import new_process_id, validate_channel_name, validate_group_name
 from ..stats import LayerStats
@@ -73,6 +73,7 @@ class ShardedChannelLayer(ChannelsInterface):
             else:
                 self._layers[shard.name] = PostgresChannelLayer(**layer_options)
         self._home = self._layers[self.home_shard]
+        self._closed = False
 
     def __repr__(self) -> str:
         shards = ", ".join(self._ring.names)
@@ -209,6 +210,7 @@ class ShardedChannelLayer(ChannelsInterface):
 
     async def close(self) -> None:
         """Close every shard's layer; idempotent."""
+        self._closed = True
         await asyncio.gather(*(layer.close() for layer in self._layers.values()))
 
     async def __aenter__(self) -> ShardedChannelLayer:
@@ -235,6 +237,9 @@ class ShardedChannelLayer(ChannelsInterface):
         Every shard runs to the end even if one fails, so a shard that is down costs only its
         own part. The failure raised names the shard, and keeps the error's class.
         """
+        if self._closed:
+            # Every shard would say so; once is enough, and no shard is at fault.
+            raise LayerClosedError("this channel layer was closed; create a new one")
         names = list(self._layers)
         # A cancel here cancels every shard's call: gather cancels its children.
         results = await asyncio.gather(*(call(self._layers[name]) for name in names), return_exceptions=True)
