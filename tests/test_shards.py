@@ -229,6 +229,8 @@ async def test_a_stopped_shard_fails_only_its_channels_and_recovers_without_a_ne
             await layer.group_send("test-room", {"type": "partial"})
         for shard in ("a", "b"):
             assert await receive(layer, channels[shard]) == {"type": "partial"}
+        with pytest.raises(DatabaseUnreachableError, match="ping failed on shard 'c'"):
+            await layer.ping()
     finally:
         await asyncio.to_thread(down.start)
     # The same layer reconnects: its back-off retries within connect_timeout.
