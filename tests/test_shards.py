@@ -24,6 +24,8 @@ from channel_layer_pg import (
 from channel_layer_pg.cli import main
 from channel_layer_pg.database_url import asyncpg_url
 from channel_layer_pg.embedded import EmbeddedPostgres, embedded_server
+from channel_layer_pg.faults import FaultHooks
+from channel_layer_pg.naming import liveness_lock_key
 from tests.helpers import TIMEOUT, receive
 
 SHARDS = ("a", "b", "c")
@@ -76,8 +78,8 @@ def channel_on_each_shard(layer: ShardedChannelLayer, stem: str = "test.sharded"
     raise AssertionError("unreachable")
 
 
-async def rows_on(url: str, prefix: str) -> list[str]:
-    """The channels of the messages stored on the server at ``url`` under ``prefix``."""
+async def query(url: str, statement: str, *args: Any) -> list[Any]:
+    """Run ``statement`` on the server at ``url``, to look at what the layer stored there."""
     parsed = make_url(url)
     conn = await asyncpg.connect(
         user=parsed.username,
@@ -87,9 +89,19 @@ async def rows_on(url: str, prefix: str) -> list[str]:
         database=parsed.database,
     )
     try:
-        rows = await conn.fetch("SELECT channel FROM channel_layer_pg_message WHERE prefix = $1", prefix)
+        return list(await conn.fetch(statement, *args))
     finally:
         await conn.close()
+
+
+async def rows_on(url: str, prefix: str) -> list[str]:
+    """The channels of the messages stored on the server at ``url`` under ``prefix``."""
+    rows = await query(url, "SELECT channel FROM channel_layer_pg_message WHERE prefix = $1", prefix)
+    return sorted(row["channel"] for row in rows)
+
+
+async def members_on(url: str, prefix: str) -> list[str]:
+    rows = await query(url, "SELECT channel FROM channel_layer_pg_group_member WHERE prefix = $1", prefix)
     return sorted(row["channel"] for row in rows)
 
 
@@ -347,3 +359,29 @@ async def test_calls_on_a_closed_sharded_layer_raise_layer_closed(make_sharded: 
     with pytest.raises(LayerClosedError, match="was closed"):
         await layer.send(channel, {"type": "x"})
     await layer.group_discard("test-room", channel)
+
+
+async def test_a_process_s_liveness_and_memberships_live_on_its_home_shard(
+    make_sharded: ShardedFactory, shard_urls: dict[str, str], prefix: str
+) -> None:
+    owner = make_sharded()
+    local = await owner.new_channel()
+    await owner.group_add("test-room", local)
+    home = shard_urls[owner.home_shard]
+    lock = (
+        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND ((classid::int8 << 32) | objid::int8) = $1"
+    )
+    assert (await query(home, lock, liveness_lock_key(owner.client_prefix)))[0]["n"] == 1
+    assert {shard: await members_on(url, prefix) for shard, url in shard_urls.items()} == {
+        shard: [local] if shard == owner.home_shard else [] for shard in SHARDS
+    }
+    # Closed without group_discard, as a process that dies: the cleanup of another process,
+    # running on every shard, finds the lock gone on the home shard and removes the membership.
+    await owner.close()
+    cleaner = make_sharded(fault_hooks=FaultHooks(cleanup_interval=1.0))
+    await cleaner.group_send("test-room", {"type": "starts the cleanup on every shard"})
+    async with asyncio.timeout(TIMEOUT * 2):
+        # Polling the server for an observable state, bounded: no event exists for it.
+        while await members_on(home, prefix):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
