@@ -63,6 +63,8 @@ class PostgresChannelLayer(ChannelsInterface):
         # per-call loops through the layer's own I/O thread (see loops.py for the rule).
         self._loops = EventLoops(f"channel_layer_pg-{self.client_prefix}", self._new_backend)
         self._closed = False
+        # Set once the liveness lock is held (see _hold_liveness).
+        self._alive = False
         self._drops = DropLog(self._config.fault_hooks)
 
     def __repr__(self) -> str:
@@ -197,6 +199,7 @@ class PostgresChannelLayer(ChannelsInterface):
             validate_channel_name(name)
         except TypeError:
             raise TypeError(f"invalid new_channel prefix {prefix!r}") from None
+        await self._hold_liveness()
         return name
 
     async def send(
@@ -236,6 +239,8 @@ class PostgresChannelLayer(ChannelsInterface):
                 f"{channel!r} is a process-local channel of another layer instance; "
                 "only the instance whose new_channel() made it can receive on it"
             )
+        if is_process_local(channel):
+            await self._hold_liveness()  # names made from client_prefix by hand come here first
         row = await self._receive(queue, channel)
         return self._config.codec.decode(row.payload, channel=channel)
 
@@ -251,15 +256,10 @@ class PostgresChannelLayer(ChannelsInterface):
             statement = statements.GROUP_ADD
             extra = {"member_expires_at_interval": self._config.group_expiry}
         parameters = {"prefix": self.prefix, "group": group, "channel": channel, **extra}
-        # Other processes' cleanup removes the memberships of a process that holds no lock.
-        own = self._owns(non_local_name(channel))
-
-        async def add(backend: LoopBackend) -> None:
-            if own:
-                await backend.hold_liveness()
-            await backend.execute(statement, parameters)
-
-        await self._call(add)
+        if self._owns(non_local_name(channel)):
+            # Other processes' cleanup removes the memberships of a process that holds no lock.
+            await self._hold_liveness()
+        await self._call(lambda backend: backend.group_add(statement, parameters))
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove ``channel`` from ``group``; removing a channel that is not there is fine.
@@ -319,6 +319,19 @@ class PostgresChannelLayer(ChannelsInterface):
         self._closed = True
         self._drops.flush()
         await self._loops.close(LayerClosedError("the channel layer was closed"), self._buffer.take_shared)
+
+    async def _hold_liveness(self) -> None:
+        """Hold this instance's liveness lock from now until close(); at once if held already.
+
+        From the first new_channel(), before the name is handed out: from then on other
+        processes may write to its queue and put its channels in groups, and their cleanup
+        removes the rows of a process that holds no lock (store/liveness.py). Held by the
+        I/O thread, which lives as long as the layer (EventLoops.hold_liveness).
+        """
+        if self._alive or self._closed:
+            return  # closed: receives and group_add refuse anyway
+        await self._loops.hold_liveness()
+        self._alive = True
 
     # -- routing to the backend of the calling event loop -----------------------------------
 

@@ -112,6 +112,16 @@ class EventLoops:
         served.watch(self._until_loop_ends(served))
         return served.backend, None
 
+    async def hold_liveness(self) -> None:
+        """Take the process's liveness lock on the I/O thread's backend, held until close().
+
+        There, not on the calling loop: a loop served directly may end (``asyncio.run`` in a
+        script) while the layer, its channels and their memberships live on, and the I/O
+        thread lives exactly as long as the layer.
+        """
+        backend, io = self._io_route()
+        await io.run(backend.hold_liveness())
+
     def _io_route(self) -> tuple[LoopBackend, IoThread]:
         with self._lock:
             if self._closed:

@@ -48,10 +48,19 @@ class NotificationsNotDelivered(DatabaseUnreachableError):
 class Listener:
     """LISTENs on ``engine`` (the layer's, or one on listen_url) for the topics readers want."""
 
-    def __init__(self, engine: AsyncEngine, config: LayerConfig, notify: Notify, liveness_key: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        config: LayerConfig,
+        notify: Notify,
+        liveness_key: int,
+        cleanup_interval: float,
+    ) -> None:
         self._engine = engine
         self._config = config
         self._liveness_key = liveness_key
+        # Absent for longer than this, the lock may have been missed by two cleanup passes.
+        self._liveness_grace = cleanup_interval / 2
         # Set by hold(): the connection stays open with nothing listened to, holding the lock.
         self._held = False
         # Errors about the LISTEN connection name the server it goes to.
@@ -95,6 +104,9 @@ class Listener:
                         # Whatever broke LISTEN (most often a connection killed but not yet
                         # noticed) leaves this connection untrustworthy: start afresh.
                         await self._drop_connection()
+                        # The other topics' readers, and the liveness lock, need it back.
+                        if self._wakers or self._held:
+                            self._start_reconnect()
                         raise listen_failed(self._listen_config, exc) from exc
                     raise
             wakers.add(wake)
@@ -298,7 +310,10 @@ class Listener:
             return
         logger.warning("listen connection to %s lost; reconnecting", self._listen_config.host_and_port)
         self._driver = None
-        if self._reconnect_task is None or self._reconnect_task.done():
+        self._start_reconnect()
+
+    def _start_reconnect(self) -> None:
+        if not self._closed and (self._reconnect_task is None or self._reconnect_task.done()):
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
@@ -318,11 +333,22 @@ class Listener:
                 )
                 await asyncio.sleep(delay)
                 continue
-            logger.info(
-                "listen connection to %s restored after %.1f s down",
-                self._listen_config.host_and_port,
-                time.monotonic() - lost_at,
-            )
+            down = time.monotonic() - lost_at
+            if self._held and down > self._liveness_grace:
+                # Other processes' cleanup may have found the lock absent on two passes.
+                logger.warning(
+                    "listen connection to %s restored after %.1f s down, longer than half the "
+                    "cleanup interval: other processes may have taken this one for dead and "
+                    "removed its group memberships and queued messages",
+                    self._listen_config.host_and_port,
+                    down,
+                )
+            else:
+                logger.info(
+                    "listen connection to %s restored after %.1f s down",
+                    self._listen_config.host_and_port,
+                    down,
+                )
             self._close_when_unused()
             break
         # Whatever was sent while nobody listened is in the table: every reader looks again.

@@ -54,11 +54,15 @@ class DeadProcesses:
         self._passes += 1
         self._alive = alive
         dead = sorted(p for p in lockless if now - self._suspects.get(p, now) >= interval / 2)
-        self._suspects = {p: self._suspects.get(p, now) for p in lockless if p not in dead}
+        # The dead stay suspects until their rows are gone: a pass whose deletes fail leaves
+        # them to the next, which deletes at once (unless their lock is back).
+        self._suspects = {p: self._suspects.get(p, now) for p in lockless}
         if not dead:
             return 0, 0, 0
         memberships = await _in_batches(execute, statements.DELETE_DEAD_MEMBERS, dead)
         messages = await _in_batches(execute, statements.DELETE_DEAD_MESSAGES, dead)
+        for process in dead:
+            del self._suspects[process]
         return len(dead), memberships, messages
 
 
