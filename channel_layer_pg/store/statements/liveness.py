@@ -80,7 +80,7 @@ def _owner(queue: Any) -> Any:
 # distinct before the pattern test, so the regular expression runs once per queue, not per row.
 _queues = (
     union(
-        select(sql.queue_of(group_member.c.channel).label("queue")).where(
+        select(sql.local_queue_of(group_member.c.channel).label("queue")).where(
             sql.is_process_local(group_member.c.channel)
         ),
         select(message.c.queue).where(message.c.queue.like("%!")),
@@ -117,7 +117,7 @@ _still_dead = func.array(
 _m = group_member.alias("m")
 _gone_members = (
     select(_m.c.prefix, _m.c.group_name, _m.c.channel)
-    .where(sql.is_process_local(_m.c.channel), _owner(sql.queue_of(_m.c.channel)) == any_(_still_dead))
+    .where(sql.is_process_local(_m.c.channel), _owner(sql.local_queue_of(_m.c.channel)) == any_(_still_dead))
     .order_by(_m.c.prefix, _m.c.group_name, _m.c.channel)
     .limit(CLEANUP_BATCH)
     .with_for_update(skip_locked=True)
