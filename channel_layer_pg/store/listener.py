@@ -1,13 +1,15 @@
 """One LISTEN connection per layer and event loop, outside the pool, that wakes readers.
 
 It is closed when nothing has been listened to for pool_idle_timeout seconds, and opened
-again by the next subscribe, unless it is held open (``hold``) for the process's liveness.
+again by the next subscribe, unless it is held open (``hold``) for the process's liveness:
+the layer holds its I/O thread's listener from its first new_channel() until close().
 
 Every LISTEN session holds a shared session-level advisory lock on its layer instance's
 liveness key (naming.liveness_lock_key): PostgreSQL releases it when the session ends however
 it ends (close, kill -9 of the process, a terminated backend), which is how other processes'
 cleanup tells a dead process from a live one (store/liveness.py). Shared, so the listeners
-of one instance on several event loops never wait on each other.
+of one instance on several event loops never wait on each other. A held listener, or one
+with topics, that loses its connection (or drops it after a failed LISTEN) reconnects.
 
 NOTIFY carries no data here: the message table is the source of truth and a notification
 only says "look again". That makes a lost notification (the connection dropped, nobody was
@@ -127,21 +129,17 @@ class Listener:
                     logger.debug("UNLISTEN %s failed; connection already gone", topic)
             self._close_when_unused()
 
-    def keep_open(self) -> None:
-        """Keep the connection, once open, and with it the liveness lock, until close().
+    async def hold(self) -> None:
+        """Hold the connection, and with it the liveness lock, from now until close().
 
         A process's group memberships and queued rows are removed once no session holds its
-        lock (store/liveness.py), so a layer that has put its process-local channels in
-        groups or receives on them keeps the lock while it lives, listening or not.
+        lock (store/liveness.py), so the layer holds it while it lives, listening or not.
+        Connects now unless connected (or reconnecting already).
         """
         self._held = True
         if self._unused_timer is not None:
             self._unused_timer.cancel()
             self._unused_timer = None
-
-    async def hold(self) -> None:
-        """keep_open(), and connect now if not connected (nor reconnecting already)."""
-        self.keep_open()
         if self._driver is not None and not self._driver.is_closed():
             return
         if self._reconnect_task is not None and not self._reconnect_task.done():
