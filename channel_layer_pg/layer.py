@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 from .channels_compat import ChannelsInterface
-from .config import build_config, with_option
+from .config import LayerConfig, build_config, with_option
 from .droplog import DropLog
 from .errors import ChannelFull, DatabaseUnreachableError, LayerClosedError
 from .local import Claimed, ClaimedBuffer
@@ -61,7 +62,10 @@ class PostgresChannelLayer(ChannelsInterface):
         self._buffer = ClaimedBuffer()
         # Long-lived loops are served directly, each with its own connections; async_to_sync's
         # per-call loops through the layer's own I/O thread (see loops.py for the rule).
-        self._loops = EventLoops(f"channel_layer_pg-{self.client_prefix}", self._new_backend)
+        # Backends and the loops reach the layer only weakly, so that a layer dropped without
+        # close() is collected, and its I/O thread (holding the liveness lock) let go of then.
+        self._loops = EventLoops(f"channel_layer_pg-{self.client_prefix}", _backend_maker(weakref.ref(self)))
+        weakref.finalize(self, self._loops.let_go).atexit = False
         self._closed = False
         # Set once the liveness lock is held (see _hold_liveness).
         self._alive = False
@@ -335,15 +339,6 @@ class PostgresChannelLayer(ChannelsInterface):
 
     # -- routing to the backend of the calling event loop -----------------------------------
 
-    def _new_backend(self, use_given_engine: bool) -> LoopBackend:
-        return LoopBackend(
-            lambda: self._config,
-            self._buffer,
-            self._wake_readers,
-            process_id=self.client_prefix,
-            use_given_engine=use_given_engine,
-        )
-
     def _owns(self, queue: str) -> bool:
         """Whether ``queue`` holds process-local channels that this instance made."""
         return queue.endswith(self._own_queue_suffix)
@@ -396,3 +391,32 @@ class PostgresChannelLayer(ChannelsInterface):
             self._wake_readers(queue)
 
         return await io.run(backend.receive(queue, channel), on_orphaned=keep)
+
+
+def _backend_maker(layer: weakref.ref[PostgresChannelLayer]) -> Callable[[bool], LoopBackend]:
+    """EventLoops' maker of backends for ``layer``, holding it (and letting backends hold it) weakly.
+
+    A backend outlives a collected layer only while it is let go of (EventLoops.let_go): it
+    keeps the options of the moment it was made, and wakes no reader.
+    """
+
+    def new_backend(use_given_engine: bool) -> LoopBackend:
+        made = layer()
+        if made is None:
+            raise LayerClosedError("this channel layer was collected")
+        last_config, buffer, process_id = made._config, made._buffer, made.client_prefix
+
+        def current_config() -> LayerConfig:
+            alive = layer()
+            return alive._config if alive is not None else last_config
+
+        def wake_readers(queue: str) -> None:
+            alive = layer()
+            if alive is not None:
+                alive._wake_readers(queue)
+
+        return LoopBackend(
+            current_config, buffer, wake_readers, process_id=process_id, use_given_engine=use_given_engine
+        )
+
+    return new_backend

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -310,3 +313,57 @@ async def test_a_dead_process_whose_removal_failed_is_removed_on_the_next_pass(
     # far before the next full scan.
     assert passes.count <= 4
     assert any("removing dead processes' rows failed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_layer_collected_without_close_lets_its_lock_go(database_url: str, prefix: str) -> None:
+    # Nobody can receive on its channels any more: it is as good as a dead process.
+    layer = PostgresChannelLayer(url=database_url, prefix=prefix)
+    process_id = layer.client_prefix
+    thread_name = f"channel_layer_pg-{process_id}"
+    asyncio.run(layer.new_channel())
+
+    async def holders() -> list[int]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await lock_holders(lambda *args: conn.fetch(*args), process_id)
+        finally:
+            await conn.close()
+
+    assert asyncio.run(holders())
+    del layer
+    gc.collect()
+
+    async def released() -> None:
+        async def gone() -> bool:
+            threads = [thread.name for thread in threading.enumerate()]
+            return thread_name not in threads and not await holders()
+
+        await wait_until(gone, "the collected layer's I/O thread and liveness lock are gone")
+
+    asyncio.run(released())
+
+
+async def test_a_listener_back_after_half_a_cleanup_interval_warns(
+    make_layer: LayerFactory, database_url: str, sql: Sql, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with runtime_role(database_url) as member_url:
+        role = make_url(member_url).username
+        member = make_layer(url=member_url, fault_hooks=FaultHooks(cleanup_interval=INTERVAL))
+        await member.new_channel()
+        (holder,) = await lock_holders(sql, member.client_prefix)
+        with caplog.at_level(logging.INFO, logger="channel_layer_pg.listener"):
+            await sql(f'ALTER ROLE "{role}" NOLOGIN')
+            await sql("SELECT pg_terminate_backend($1)", holder)
+            await asyncio.sleep(INTERVAL)  # the outage to act out: longer than half an interval
+            await sql(f'ALTER ROLE "{role}" LOGIN')
+
+            async def relocked() -> bool:
+                return bool(await lock_holders(sql, member.client_prefix))
+
+            await wait_until(relocked, "the member's listener has reconnected and taken its lock again")
+
+            async def warned() -> bool:
+                return any("longer than half the cleanup interval" in r.getMessage() for r in caplog.records)
+
+            await wait_until(warned, "the listener has warned of its long reconnect")
+        await member.close()
