@@ -95,6 +95,7 @@ class Listener:
             if self._check_failures != failures and self._check_failure is not None:
                 raise self._check_failure
             await self._ensure_connected()
+            await self._ensure_delivers()
             wakers = self._wakers.setdefault(topic, set())
             if not wakers:
                 try:
@@ -234,6 +235,15 @@ class Listener:
                     raise
                 break
         self._conn, self._driver = conn, driver
+        # Connected without the check only to hold the lock, it has not yet proved it can listen.
+        self.has_connected = self._delivery_checked
+
+    async def _ensure_delivers(self) -> None:
+        """Check once, before the first LISTEN a reader needs, that notifications arrive.
+
+        Not for hold(): the lock needs no notification, and the check's NOTIFY would open a
+        pooled connection on the I/O thread for nothing.
+        """
         if not self._delivery_checked:
             try:
                 await self._check_delivery()
@@ -322,6 +332,8 @@ class Listener:
             try:
                 async with self._lock:
                     await self._ensure_connected()
+                    if self._wakers:
+                        await self._ensure_delivers()
                     for topic in self._wakers:
                         await self._driver.add_listener(topic, self._on_notify)
             except Exception as exc:
