@@ -197,7 +197,11 @@ class PostgresChannelLayer(ChannelsInterface):
     # -- channels ---------------------------------------------------------------------------
 
     async def new_channel(self, prefix: str = "specific") -> str:
-        """A new process-local channel name that only this layer instance may receive on."""
+        """A new process-local channel name that only this layer instance may receive on.
+
+        The first call connects: it takes the instance's liveness lock (_hold_liveness), so
+        it raises DatabaseUnreachableError if the database cannot be reached.
+        """
         name = f"{prefix}.{self.client_prefix}!{secrets.token_hex(6)}"
         try:
             validate_channel_name(name)
