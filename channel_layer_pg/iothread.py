@@ -28,6 +28,8 @@ class IoThread:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopped = False
+        # Set by stop_soon(): the thread closes its loop itself, as nobody waits for it.
+        self._stopped_itself = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -43,6 +45,8 @@ class IoThread:
                     asyncio.set_event_loop(loop)
                     loop.call_soon(ready.set)
                     loop.run_forever()
+                    if self._stopped_itself:
+                        loop.close()
 
                 # A daemon: Channels never calls close(), and the process must still be able to exit.
                 self._thread = threading.Thread(target=run, name=self._name, daemon=True)
@@ -122,6 +126,34 @@ class IoThread:
         # one more turn runs it, and it answers LayerClosedError instead of never.
         await asyncio.to_thread(loop.run_until_complete, asyncio.sleep(0))
         loop.close()
+
+    def stop_soon(self, last: Coroutine[Any, Any, None] | None) -> None:
+        """stop() without waiting, from any thread: run ``last``, end every task, stop the loop.
+
+        For a layer collected without close() (its finalizer calls this): nothing is left to
+        await, and nobody to tell of a failure.
+        """
+        with self._lock:
+            self._stopped = True
+            loop, self._loop, self._thread = self._loop, None, None
+            self._stopped_itself = loop is not None
+        if loop is None:
+            if last is not None:
+                last.close()
+            return
+
+        async def finish() -> None:
+            try:
+                if last is not None:
+                    await last
+                await _finish_tasks()
+            finally:
+                loop.stop()
+
+        try:
+            loop.call_soon_threadsafe(loop.create_task, finish())
+        except RuntimeError:
+            pass  # the interpreter is shutting down and the loop with it
 
 
 # How a call on the I/O thread ended.

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 from .channels_compat import ChannelsInterface
-from .config import build_config, with_option
+from .config import LayerConfig, build_config, with_option
 from .droplog import DropLog
 from .errors import ChannelFull, DatabaseUnreachableError, LayerClosedError
 from .local import Claimed, ClaimedBuffer
@@ -61,8 +62,13 @@ class PostgresChannelLayer(ChannelsInterface):
         self._buffer = ClaimedBuffer()
         # Long-lived loops are served directly, each with its own connections; async_to_sync's
         # per-call loops through the layer's own I/O thread (see loops.py for the rule).
-        self._loops = EventLoops(f"channel_layer_pg-{self.client_prefix}", self._new_backend)
+        # Backends and the loops reach the layer only weakly, so that a layer dropped without
+        # close() is collected, and its I/O thread (holding the liveness lock) let go of then.
+        self._loops = EventLoops(f"channel_layer_pg-{self.client_prefix}", _backend_maker(weakref.ref(self)))
+        weakref.finalize(self, self._loops.let_go).atexit = False
         self._closed = False
+        # Set once the liveness lock is held (see _hold_liveness).
+        self._alive = False
         self._drops = DropLog(self._config.fault_hooks)
 
     def __repr__(self) -> str:
@@ -191,12 +197,17 @@ class PostgresChannelLayer(ChannelsInterface):
     # -- channels ---------------------------------------------------------------------------
 
     async def new_channel(self, prefix: str = "specific") -> str:
-        """A new process-local channel name that only this layer instance may receive on."""
+        """A new process-local channel name that only this layer instance may receive on.
+
+        The first call connects: it takes the instance's liveness lock (_hold_liveness), so
+        it raises DatabaseUnreachableError if the database cannot be reached.
+        """
         name = f"{prefix}.{self.client_prefix}!{secrets.token_hex(6)}"
         try:
             validate_channel_name(name)
         except TypeError:
             raise TypeError(f"invalid new_channel prefix {prefix!r}") from None
+        await self._hold_liveness()
         return name
 
     async def send(
@@ -236,6 +247,8 @@ class PostgresChannelLayer(ChannelsInterface):
                 f"{channel!r} is a process-local channel of another layer instance; "
                 "only the instance whose new_channel() made it can receive on it"
             )
+        if is_process_local(channel):
+            await self._hold_liveness()  # names made from client_prefix by hand come here first
         row = await self._receive(queue, channel)
         return self._config.codec.decode(row.payload, channel=channel)
 
@@ -251,15 +264,10 @@ class PostgresChannelLayer(ChannelsInterface):
             statement = statements.GROUP_ADD
             extra = {"member_expires_at_interval": self._config.group_expiry}
         parameters = {"prefix": self.prefix, "group": group, "channel": channel, **extra}
-        # Other processes' cleanup removes the memberships of a process that holds no lock.
-        own = self._owns(non_local_name(channel))
-
-        async def add(backend: LoopBackend) -> None:
-            if own:
-                await backend.hold_liveness()
-            await backend.execute(statement, parameters)
-
-        await self._call(add)
+        if self._owns(non_local_name(channel)):
+            # Other processes' cleanup removes the memberships of a process that holds no lock.
+            await self._hold_liveness()
+        await self._call(lambda backend: backend.group_add(statement, parameters))
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove ``channel`` from ``group``; removing a channel that is not there is fine.
@@ -320,20 +328,24 @@ class PostgresChannelLayer(ChannelsInterface):
         self._drops.flush()
         await self._loops.close(LayerClosedError("the channel layer was closed"), self._buffer.take_shared)
 
+    async def _hold_liveness(self) -> None:
+        """Hold this instance's liveness lock from now until close(); at once if held already.
+
+        From the first new_channel(), before the name is handed out: from then on other
+        processes may write to its queue and put its channels in groups, and their cleanup
+        removes the rows of a process that holds no lock (store/liveness.py). Held by the
+        I/O thread, which lives as long as the layer (EventLoops.hold_liveness).
+        """
+        if self._alive or self._closed:
+            return  # closed: receives and group_add refuse anyway
+        await self._loops.hold_liveness()
+        self._alive = True
+
     # -- routing to the backend of the calling event loop -----------------------------------
 
     def _new_process_id(self) -> str:
         """This instance's process id; a shard of ShardedChannelLayer is given one that routes to it."""
         return new_process_id()
-
-    def _new_backend(self, use_given_engine: bool) -> LoopBackend:
-        return LoopBackend(
-            lambda: self._config,
-            self._buffer,
-            self._wake_readers,
-            process_id=self.client_prefix,
-            use_given_engine=use_given_engine,
-        )
 
     def _owns(self, queue: str) -> bool:
         """Whether ``queue`` holds process-local channels that this instance made."""
@@ -387,3 +399,32 @@ class PostgresChannelLayer(ChannelsInterface):
             self._wake_readers(queue)
 
         return await io.run(backend.receive(queue, channel), on_orphaned=keep)
+
+
+def _backend_maker(layer: weakref.ref[PostgresChannelLayer]) -> Callable[[bool], LoopBackend]:
+    """EventLoops' maker of backends for ``layer``, holding it (and letting backends hold it) weakly.
+
+    A backend outlives a collected layer only while it is let go of (EventLoops.let_go): it
+    keeps the options of the moment it was made, and wakes no reader.
+    """
+
+    def new_backend(use_given_engine: bool) -> LoopBackend:
+        made = layer()
+        if made is None:
+            raise LayerClosedError("this channel layer was collected")
+        last_config, buffer, process_id = made._config, made._buffer, made.client_prefix
+
+        def current_config() -> LayerConfig:
+            alive = layer()
+            return alive._config if alive is not None else last_config
+
+        def wake_readers(queue: str) -> None:
+            alive = layer()
+            if alive is not None:
+                alive._wake_readers(queue)
+
+        return LoopBackend(
+            current_config, buffer, wake_readers, process_id=process_id, use_given_engine=use_given_engine
+        )
+
+    return new_backend

@@ -112,6 +112,33 @@ class EventLoops:
         served.watch(self._until_loop_ends(served))
         return served.backend, None
 
+    def let_go(self) -> None:
+        """The layer was collected without close(): end the I/O thread's backend, then the thread.
+
+        Called by the layer's finalizer, on whatever thread collected it: nothing is awaited.
+        The liveness lock goes with the I/O thread's LISTEN connection, which is right: nobody
+        can receive on the layer's channels any more. Loops served directly end their own
+        backends as they end.
+        """
+        with self._lock:
+            self._closed = True
+            io_served, self._io_served = self._io_served, None
+        if io_served is not None:
+            logger.debug("the channel layer was collected without close(); closing its I/O thread")
+            self._io.stop_soon(_let_go_of(io_served))
+        else:
+            self._io.stop_soon(None)
+
+    async def hold_liveness(self) -> None:
+        """Take the process's liveness lock on the I/O thread's backend, held until close().
+
+        There, not on the calling loop: a loop served directly may end (``asyncio.run`` in a
+        script) while the layer, its channels and their memberships live on, and the I/O
+        thread lives exactly as long as the layer.
+        """
+        backend, io = self._io_route()
+        await io.run(backend.hold_liveness())
+
     def _io_route(self) -> tuple[LoopBackend, IoThread]:
         with self._lock:
             if self._closed:
@@ -230,6 +257,11 @@ class EventLoops:
         for loop, served in targets:
             await _run_on(loop, served.release())
         await self._io.stop()
+
+
+async def _let_go_of(served: _Served) -> None:
+    await served.stop_receiving(LayerClosedError("the channel layer was collected without close()"))
+    await served.release()
 
 
 def _made_for_one_call(loop: asyncio.AbstractEventLoop) -> bool:

@@ -63,13 +63,17 @@ def is_process_local(channel: str) -> bool:
 # random bits. Only ids of this shape are judged by the dead-process cleanup (store/liveness.py);
 # any other name with "!" (written by hand, or by a layer that holds no liveness lock) is
 # left to expire.
-PROCESS_ID_PATTERN = r"p[0-9a-f]{12}"
+PROCESS_ID_HEX_DIGITS = 12
+PROCESS_ID_PATTERN = rf"p[0-9a-f]{{{PROCESS_ID_HEX_DIGITS}}}"
+PROCESS_ID_LENGTH = 1 + PROCESS_ID_HEX_DIGITS
+# The bits of a liveness lock key that are the process id's (the rest is the namespace).
+PROCESS_ID_BITS = 4 * PROCESS_ID_HEX_DIGITS
 # The top 16 bits of every liveness lock key ("cl"): the 48 bits below are the process id's.
 LIVENESS_LOCK_NAMESPACE = 0x636C
 
 
 def new_process_id() -> str:
-    return f"p{secrets.token_hex(6)}"
+    return f"p{secrets.token_hex(PROCESS_ID_HEX_DIGITS // 2)}"
 
 
 def liveness_lock_key(process_id: str) -> int:
@@ -81,7 +85,7 @@ def liveness_lock_key(process_id: str) -> int:
     """
     if not re.fullmatch(PROCESS_ID_PATTERN, process_id):
         raise ValueError(f"not a process id: {process_id!r}")
-    return (LIVENESS_LOCK_NAMESPACE << 48) | int(process_id[1:], 16)
+    return (LIVENESS_LOCK_NAMESPACE << PROCESS_ID_BITS) | int(process_id[1:], 16)
 
 
 def listener_application_name(prefix: str) -> str:

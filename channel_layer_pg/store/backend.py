@@ -61,15 +61,19 @@ class LoopBackend:
         self._sends = SendBatcher(self._send_one, self._send_many, slots=max(1, config.pool_size // 2))
         # LISTEN through a transaction pooler would hear nothing: with listen_url set, the
         # listener connects there, directly to PostgreSQL.
+        hooks = config.fault_hooks
+        self._cleanup_interval = (hooks and hooks.cleanup_interval) or CLEANUP_INTERVAL
         self._listen_engine = create_listen_engine(config)
         self._listener = Listener(
-            self._listen_engine or self.engine, config, self._notify, liveness_lock_key(process_id)
+            self._listen_engine or self.engine,
+            config,
+            self._notify,
+            liveness_lock_key(process_id),
+            self._cleanup_interval,
         )
         self._readers: dict[str, QueueReader] = {}
         self._cleanup_task: asyncio.Task[None] | None = None
         self._dead = DeadProcesses()
-        hooks = config.fault_hooks
-        self._cleanup_interval = (hooks and hooks.cleanup_interval) or CLEANUP_INTERVAL
 
     @property
     def _config(self) -> LayerConfig:
@@ -91,6 +95,11 @@ class LoopBackend:
         parameters = statements.group_send_parameters(self._config, payload, group, own_suffix)
         (row,) = await self.fetch(statements.GROUP_SEND, parameters)
         return row
+
+    async def group_add(self, statement: Executable, parameters: dict[str, Any]) -> None:
+        """Run statements.GROUP_ADD (or _FOREVER) with ``parameters``."""
+        self._ensure_cleanup()
+        await self.execute(statement, parameters)
 
     async def send(self, payload: bytes, queue: str, channel: str, capacity: int) -> bool:
         """Store ``payload`` for ``channel`` unless its queue is full; whether it was stored."""
@@ -124,15 +133,15 @@ class LoopBackend:
 
     async def receive(self, queue: str, channel: str) -> Claimed:
         self._ensure_cleanup()
-        if is_process_local(queue):
-            # The layer's own queue (layer.receive refuses others'): its rows stay while it
-            # lives. Its reader's LISTEN opens the connection.
-            self._listener.keep_open()
         return await self._reader(queue).receive(channel)
 
     async def hold_liveness(self) -> None:
-        """Hold this process's liveness lock from now on (see Listener.hold)."""
-        self._ensure_cleanup()
+        """Hold this process's liveness lock from now until release() (see Listener.hold).
+
+        The layer asks this of its I/O thread's backend only, which lives as long as the layer:
+        a loop served directly may end while the layer and its channels live on. It starts no
+        cleanup: that runs on the loops that send and receive.
+        """
         await self._listener.hold()
 
     def _reader(self, queue: str) -> QueueReader:
@@ -277,11 +286,15 @@ class LoopBackend:
         while True:
             await asyncio.sleep(self._cleanup_interval)
             self._buffer.drop_expired()
+            # Each on its own: a failure of one is no reason to skip the other.
             try:
                 await self.delete_expired()
-                await self._remove_dead()
             except Exception as exc:
                 cleanup_logger.warning("removing expired rows failed: %s", exc)
+            try:
+                await self._remove_dead()
+            except Exception as exc:
+                cleanup_logger.warning("removing dead processes' rows failed: %s", exc)
 
     async def _remove_dead(self) -> None:
         started = time.perf_counter()

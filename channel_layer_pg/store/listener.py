@@ -1,13 +1,15 @@
 """One LISTEN connection per layer and event loop, outside the pool, that wakes readers.
 
 It is closed when nothing has been listened to for pool_idle_timeout seconds, and opened
-again by the next subscribe, unless it is held open (``hold``) for the process's liveness.
+again by the next subscribe, unless it is held open (``hold``) for the process's liveness:
+the layer holds its I/O thread's listener from its first new_channel() until close().
 
 Every LISTEN session holds a shared session-level advisory lock on its layer instance's
 liveness key (naming.liveness_lock_key): PostgreSQL releases it when the session ends however
 it ends (close, kill -9 of the process, a terminated backend), which is how other processes'
 cleanup tells a dead process from a live one (store/liveness.py). Shared, so the listeners
-of one instance on several event loops never wait on each other.
+of one instance on several event loops never wait on each other. A held listener, or one
+with topics, that loses its connection (or drops it after a failed LISTEN) reconnects.
 
 NOTIFY carries no data here: the message table is the source of truth and a notification
 only says "look again". That makes a lost notification (the connection dropped, nobody was
@@ -48,10 +50,19 @@ class NotificationsNotDelivered(DatabaseUnreachableError):
 class Listener:
     """LISTENs on ``engine`` (the layer's, or one on listen_url) for the topics readers want."""
 
-    def __init__(self, engine: AsyncEngine, config: LayerConfig, notify: Notify, liveness_key: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        config: LayerConfig,
+        notify: Notify,
+        liveness_key: int,
+        cleanup_interval: float,
+    ) -> None:
         self._engine = engine
         self._config = config
         self._liveness_key = liveness_key
+        # Absent for longer than this, the lock may have been missed by two cleanup passes.
+        self._liveness_grace = cleanup_interval / 2
         # Set by hold(): the connection stays open with nothing listened to, holding the lock.
         self._held = False
         # Errors about the LISTEN connection name the server it goes to.
@@ -84,6 +95,7 @@ class Listener:
             if self._check_failures != failures and self._check_failure is not None:
                 raise self._check_failure
             await self._ensure_connected()
+            await self._ensure_delivers()
             wakers = self._wakers.setdefault(topic, set())
             if not wakers:
                 try:
@@ -95,6 +107,9 @@ class Listener:
                         # Whatever broke LISTEN (most often a connection killed but not yet
                         # noticed) leaves this connection untrustworthy: start afresh.
                         await self._drop_connection()
+                        # The other topics' readers, and the liveness lock, need it back.
+                        if self._wakers or self._held:
+                            self._start_reconnect()
                         raise listen_failed(self._listen_config, exc) from exc
                     raise
             wakers.add(wake)
@@ -115,21 +130,17 @@ class Listener:
                     logger.debug("UNLISTEN %s failed; connection already gone", topic)
             self._close_when_unused()
 
-    def keep_open(self) -> None:
-        """Keep the connection, once open, and with it the liveness lock, until close().
+    async def hold(self) -> None:
+        """Hold the connection, and with it the liveness lock, from now until close().
 
         A process's group memberships and queued rows are removed once no session holds its
-        lock (store/liveness.py), so a layer that has put its process-local channels in
-        groups or receives on them keeps the lock while it lives, listening or not.
+        lock (store/liveness.py), so the layer holds it while it lives, listening or not.
+        Connects now unless connected (or reconnecting already).
         """
         self._held = True
         if self._unused_timer is not None:
             self._unused_timer.cancel()
             self._unused_timer = None
-
-    async def hold(self) -> None:
-        """keep_open(), and connect now if not connected (nor reconnecting already)."""
-        self.keep_open()
         if self._driver is not None and not self._driver.is_closed():
             return
         if self._reconnect_task is not None and not self._reconnect_task.done():
@@ -224,6 +235,15 @@ class Listener:
                     raise
                 break
         self._conn, self._driver = conn, driver
+        # Connected without the check only to hold the lock, it has not yet proved it can listen.
+        self.has_connected = self._delivery_checked
+
+    async def _ensure_delivers(self) -> None:
+        """Check once, before the first LISTEN a reader needs, that notifications arrive.
+
+        Not for hold(): the lock needs no notification, and the check's NOTIFY would open a
+        pooled connection on the I/O thread for nothing.
+        """
         if not self._delivery_checked:
             try:
                 await self._check_delivery()
@@ -298,7 +318,10 @@ class Listener:
             return
         logger.warning("listen connection to %s lost; reconnecting", self._listen_config.host_and_port)
         self._driver = None
-        if self._reconnect_task is None or self._reconnect_task.done():
+        self._start_reconnect()
+
+    def _start_reconnect(self) -> None:
+        if not self._closed and (self._reconnect_task is None or self._reconnect_task.done()):
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
@@ -309,6 +332,8 @@ class Listener:
             try:
                 async with self._lock:
                     await self._ensure_connected()
+                    if self._wakers:
+                        await self._ensure_delivers()
                     for topic in self._wakers:
                         await self._driver.add_listener(topic, self._on_notify)
             except Exception as exc:
@@ -318,11 +343,22 @@ class Listener:
                 )
                 await asyncio.sleep(delay)
                 continue
-            logger.info(
-                "listen connection to %s restored after %.1f s down",
-                self._listen_config.host_and_port,
-                time.monotonic() - lost_at,
-            )
+            down = time.monotonic() - lost_at
+            if self._held and down > self._liveness_grace:
+                # Other processes' cleanup may have found the lock absent on two passes.
+                logger.warning(
+                    "listen connection to %s restored after %.1f s down, longer than half the "
+                    "cleanup interval: other processes may have taken this one for dead and "
+                    "removed its group memberships and queued messages",
+                    self._listen_config.host_and_port,
+                    down,
+                )
+            else:
+                logger.info(
+                    "listen connection to %s restored after %.1f s down",
+                    self._listen_config.host_and_port,
+                    down,
+                )
             self._close_when_unused()
             break
         # Whatever was sent while nobody listened is in the table: every reader looks again.

@@ -1,13 +1,13 @@
 """Telling dead processes from live ones, for the periodic cleanup (store/backend.py).
 
 A process is dead when no session holds its liveness lock (store/listener.py takes it on each
-LISTEN connection). A lock can be briefly absent from a live process too: its listener is
-reconnecting, or it is starting and has written a membership before its listener connected.
-So a process is taken for dead only when its lock was absent on two passes of this cleanup
-(at least half an ``interval`` apart, as passes are ``interval`` apart give or take the
-timer's resolution; and is still absent when its rows are deleted: the statements check
-again). A listener reconnects within seconds (back-off 0.1 s up to 5 s), far inside the 30 s
-between passes; a process cut off from the database for longer than that is taken for dead.
+LISTEN connection; the layer holds its I/O thread's from its first new_channel(), before any
+of its names exists, until close()). A lock can be briefly absent from a live process too:
+its listener is reconnecting. So a process is taken for dead only when its lock was absent
+on two passes of this cleanup at least half an ``interval`` apart (passes are ``interval``
+apart give or take the timer's resolution), and is still absent when its rows are deleted
+(the statements check again). A listener reconnects within seconds (back-off 0.1 s up to
+5 s), far inside that; one that took longer logs a WARNING (store/listener.py).
 
 Which processes to look at: those seen holding a lock on the previous pass that hold none now
 (reading pg_locks only, every pass), and every process that owns rows (reading every
@@ -54,11 +54,15 @@ class DeadProcesses:
         self._passes += 1
         self._alive = alive
         dead = sorted(p for p in lockless if now - self._suspects.get(p, now) >= interval / 2)
-        self._suspects = {p: self._suspects.get(p, now) for p in lockless if p not in dead}
+        # The dead stay suspects until their rows are gone: a pass whose deletes fail leaves
+        # them to the next, which deletes at once (unless their lock is back).
+        self._suspects = {p: self._suspects.get(p, now) for p in lockless}
         if not dead:
             return 0, 0, 0
         memberships = await _in_batches(execute, statements.DELETE_DEAD_MEMBERS, dead)
         messages = await _in_batches(execute, statements.DELETE_DEAD_MESSAGES, dead)
+        for process in dead:
+            del self._suspects[process]
         return len(dead), memberships, messages
 
 

@@ -52,8 +52,12 @@ def unexpired(expires_at: Any) -> Any:
 
 def queue_of(channel: Any) -> Any:
     """The queue ``channel`` is stored under, as naming.non_local_name computes it."""
-    bang = func.strpos(channel, "!")
-    return case((bang > 0, func.left(channel, bang)), else_=channel)
+    return case((is_process_local(channel), local_queue_of(channel)), else_=channel)
+
+
+def local_queue_of(channel: Any) -> Any:
+    """queue_of() for a ``channel`` known to be process-local: no CASE to evaluate per row."""
+    return func.left(channel, func.strpos(channel, "!"))
 
 
 def is_process_local(name: Any) -> Any:
