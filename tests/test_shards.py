@@ -385,3 +385,19 @@ async def test_a_process_s_liveness_and_memberships_live_on_its_home_shard(
         # Polling the server for an observable state, bounded: no event exists for it.
         while await members_on(home, prefix):  # noqa: ASYNC110
             await asyncio.sleep(0.1)
+
+
+async def test_delete_expired_removes_expired_messages_on_every_shard(
+    make_sharded: ShardedFactory, shard_urls: dict[str, str], prefix: str
+) -> None:
+    layer = make_sharded(expiry=0.5)
+    for channel in channel_on_each_shard(layer).values():
+        await layer.send(channel, {"type": "expires"})
+    removed = 0
+    async with asyncio.timeout(TIMEOUT):
+        # Each message expires half a second after its send; nothing signals that moment.
+        while [url for url in shard_urls.values() if await rows_on(url, prefix)]:
+            removed += await layer.delete_expired()
+            await asyncio.sleep(0.1)
+    # Expired rows of every prefix count (other tests' too, on a shared server).
+    assert removed >= len(SHARDS)
