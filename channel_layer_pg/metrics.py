@@ -127,7 +127,8 @@ _FAMILIES = (
     _Family(
         "channel_layer_pg_listen_connections",
         "gauge",
-        "LISTEN connections under the prefix: one per layer instance and event loop that receives.",
+        "LISTEN connections under the prefix: one per layer instance and event loop that receives, "
+        "and one per instance with process-local channels (it holds the liveness lock).",
         _total(lambda stats: stats.listener_count),
     ),
     _Family(

@@ -141,7 +141,8 @@ def format_stats(stats: LayerStats) -> str:
             more=stats.group_count - len(stats.groups),
         ),
         "",
-        f"listen connections (one per layer instance and event loop that receives): {stats.listener_count:,}",
+        "listen connections (one per layer instance and event loop that receives, and one per "
+        f"instance with process-local channels): {stats.listener_count:,}",
         *_table(
             ("PID", "USER", "CLIENT", "CONNECTED FOR"),
             [
