@@ -5,7 +5,7 @@ channels_rabbitmq, channels-nats and in-memory.
                                [--only ours,redis,...] [--workloads latency,thread,...] [--vacuum]
                                [--label TEXT]
     python benchmarks/bench.py scaling|soak|soak-faults|isolation|pgbouncer|plan-drift|stats-backlog
-                               |pool-checkout|encode [--help]
+                               |pool-checkout|encode|shards [--help]
 
 Without a subcommand: each comparison workload runs against every selected layer in turn,
 with a fresh layer each time, and the tables (figures, then ours divided by each peer's) come
@@ -53,7 +53,7 @@ WORKLOADS = {
 }
 SUBCOMMANDS = (
     "scaling", "soak", "soak-faults", "isolation", "pgbouncer", "plan-drift", "stats-backlog",
-    "pool-checkout", "encode",
+    "pool-checkout", "encode", "shards",
 )  # fmt: skip
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         UndecodableMessageError,
     )
     from .layer import PostgresChannelLayer
+    from .shards import ShardedChannelLayer
     from .stats import LayerStats
     from .store.migrate import migrate
 
@@ -43,6 +44,7 @@ __all__ = [
     "PostgresChannelLayer",
     "SchemaMissingError",
     "SchemaOutdatedError",
+    "ShardedChannelLayer",
     "StatementRejectedError",
     "StatementTimeoutError",
     "TransactionConflictError",
@@ -71,6 +73,7 @@ _MODULES = {
     "TransactionConflictError": ".errors",
     "UndecodableMessageError": ".errors",
     "PostgresChannelLayer": ".layer",
+    "ShardedChannelLayer": ".shards",
     "LayerStats": ".stats",
     "migrate": ".store.migrate",
 }

@@ -44,6 +44,13 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         self._server.stop()
 
+    def start(self) -> None:
+        """Start the server again after ``stop()``: same directory, socket and URL, data kept.
+
+        For tests of a server that is down for a while, as a shard of a sharded layer may be.
+        """
+        self._server.ensure_postgres_running()
+
 
 def start_embedded(directory: str) -> EmbeddedPostgres:
     """The server whose data directory is ``directory``: started (initialised if empty) unless it runs.

@@ -57,7 +57,7 @@ class PostgresChannelLayer(ChannelsInterface):
         self._config = build_config(options)
         # Names this instance alone may receive on end their non-local part with this.
         # Also names its liveness lock (naming.liveness_lock_key), held while it lives.
-        self.client_prefix = new_process_id()
+        self.client_prefix = self._new_process_id()
         self._own_queue_suffix = f".{self.client_prefix}!"
         self._buffer = ClaimedBuffer()
         # Long-lived loops are served directly, each with its own connections; async_to_sync's
@@ -342,6 +342,10 @@ class PostgresChannelLayer(ChannelsInterface):
         self._alive = True
 
     # -- routing to the backend of the calling event loop -----------------------------------
+
+    def _new_process_id(self) -> str:
+        """This instance's process id; a shard of ShardedChannelLayer is given one that routes to it."""
+        return new_process_id()
 
     def _owns(self, queue: str) -> bool:
         """Whether ``queue`` holds process-local channels that this instance made."""

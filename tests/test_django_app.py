@@ -210,3 +210,23 @@ async def test_migrate_puts_the_tables_in_the_layer_s_schema_option(
     finally:
         await conn.close()
     assert [row["table_schema"] for row in schemas] == ["chat"]
+
+
+async def test_migrate_creates_the_schema_on_each_shard_of_a_sharded_layer(
+    project: DjangoProject, empty_database_url: str, another_empty_database_url: str
+) -> None:
+    databases = {
+        "default": django_database(empty_database_url),
+        "shard2": django_database(another_empty_database_url),
+    }
+    sharded = "{'default': {'BACKEND': 'channel_layer_pg.ShardedChannelLayer', 'CONFIG': %s}}"
+    project.write_settings(databases, sharded % "{'shards': ['default', 'shard2'], 'prefix': 'app'}")
+
+    before = project.manage("check", "--database", "default", "--database", "shard2")
+    migrated = project.manage("migrate_channel_layer")
+
+    assert "shard 'shard2'" in before.output and "channel_layer_pg.W001" in before.output, before.output
+    assert migrated.returncode == 0, migrated.output
+    assert await layer_tables(empty_database_url) == sorted(TABLES)
+    assert await layer_tables(another_empty_database_url) == sorted(TABLES)
+    assert "Migrated channel layer 'default' schema at shard 'shard2'" in migrated.output

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("alembic").setLevel(logging.INFO)
     try:
         if args.command == "migrate":
-            return _migrate(args.url, args.revision, args.schema)
+            return _migrate(args.url or [], args.revision, args.schema)
         if args.command == "demo" and args.web:
             from .demo.web.serve import run_web_demo
 
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_demo(args.url, args.messages)
         if args.command == "stats":
-            url = _url(args.url, "stats")
-            return asyncio.run(_stats(url, args)) if url else 2
+            urls = _urls(args.url or [], "stats")
+            return asyncio.run(_stats(urls, args)) if urls else 2
         from .demo.terminal import run_worker
 
         url = _url(args.url, args.command)
@@ -75,34 +75,53 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _migrate(given: str | None, revision: str, schema: str | None) -> int:
-    url = _url(given, "migrate")
-    if not url:
+def _migrate(given: list[str], revision: str, schema: str | None) -> int:
+    urls = _urls(given, "migrate")
+    if not urls:
         return 2
-    safe = safe_url(url)
-    try:
-        migrate(url, revision, schema=schema)
-    except (TimeoutError, OSError, SQLAlchemyError) as exc:
-        # The driver's message alone ("Connect call failed") does not say which database.
-        print(f"{PROG} migrate: cannot migrate {safe}: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    print(f"migrated {safe}{f' schema {schema}' if schema else ''} to {revision}")
-    return 0
+    # Each database on its own (the shards of a sharded layer): one that fails does not keep
+    # the others behind, and the exit status says that one did.
+    failed = 0
+    for url in urls:
+        safe = safe_url(url)
+        try:
+            migrate(url, revision, schema=schema)
+        except (TimeoutError, OSError, SQLAlchemyError) as exc:
+            # The driver's message alone ("Connect call failed") does not say which database.
+            print(f"{PROG} migrate: cannot migrate {safe}: {_one_line(exc)}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"migrated {safe}{f' schema {schema}' if schema else ''} to {revision}")
+    return 1 if failed else 0
 
 
-async def _stats(url: str, args: argparse.Namespace) -> int:
-    layer = PostgresChannelLayer(url=url, prefix=args.prefix, expiry=args.expiry, schema=args.schema)
-    try:
-        stats = await layer.stats(limit=args.limit)
-    finally:
-        await layer.close()
-    database = safe_url(url)
+async def _stats(urls: list[str], args: argparse.Namespace) -> int:
+    found = []
+    for url in urls:
+        layer = PostgresChannelLayer(url=url, prefix=args.prefix, expiry=args.expiry, schema=args.schema)
+        try:
+            found.append((safe_url(url), await layer.stats(limit=args.limit)))
+        finally:
+            await layer.close()
     if args.json:
-        print(json.dumps({"database": database, **stats.to_dict()}, indent=2))
-    else:
+        documents = [{"database": database, **stats.to_dict()} for database, stats in found]
+        # One database: its object, as ever; several (shards): a list of them, in --url order.
+        print(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
+        return 0
+    for n, (database, stats) in enumerate(found):
+        if n:
+            print()
         print(f"database {database}")
         print(stats.format())
     return 0
+
+
+def _urls(given: list[str], command: str) -> list[str]:
+    """The --url values, or the environment's URL; [] (after saying so) if there is none."""
+    if given:
+        return given
+    url = _url(None, command)
+    return [url] if url else []
 
 
 def _url(given: str | None, command: str) -> str | None:
@@ -132,7 +151,11 @@ def _parser() -> argparse.ArgumentParser:
     migrate_parser = commands.add_parser(
         "migrate", help="create or upgrade the layer's tables", description="Run the layer's migrations."
     )
-    migrate_parser.add_argument("--url", help=f"the database (default: ${URL_ENV_VAR})")
+    migrate_parser.add_argument(
+        "--url",
+        action="append",
+        help=f"the database; repeat it for each shard of a sharded layer (default: ${URL_ENV_VAR})",
+    )
     migrate_parser.add_argument("--revision", default="head", help="target revision (default: head)")
     migrate_parser.add_argument(
         "--schema", help="put the tables in this PostgreSQL schema, created if missing (default: search_path)"
@@ -163,7 +186,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Queued messages per channel and per process, expired rows awaiting cleanup, "
         "groups and their sizes, and the listening connections, under one prefix.",
     )
-    stats_parser.add_argument("--url", help=f"the database (default: ${URL_ENV_VAR})")
+    stats_parser.add_argument(
+        "--url",
+        action="append",
+        help=f"the database; repeat it for each shard of a sharded layer (default: ${URL_ENV_VAR})",
+    )
     stats_parser.add_argument("--prefix", default="asgi", help="the layers' prefix (default: asgi)")
     stats_parser.add_argument("--schema", help="the layers' schema option (default: search_path)")
     stats_parser.add_argument(

@@ -8,7 +8,7 @@ from typing import Any
 from django.core import checks
 
 from ...store.migrate import current_revision, migration_head, migration_revisions
-from .layers import layer_database, layer_databases, layer_entries
+from .layers import entry_databases, layer_databases, layer_entries
 
 
 def check_layer_config(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -16,7 +16,7 @@ def check_layer_config(app_configs: Sequence[Any] | None = None, **kwargs: Any) 
     errors: list[checks.CheckMessage] = []
     for name, config in layer_entries():
         try:
-            layer_database(name, config)
+            entry_databases(name, config)
         except (TypeError, ValueError) as exc:
             errors.append(
                 checks.Error(

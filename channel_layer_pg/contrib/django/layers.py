@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 from django.conf import settings
@@ -16,6 +16,8 @@ from sqlalchemy.engine import URL
 from ...config import URL_ENV_VAR, build_config
 from ...database_url import DJANGO_KEYS, django_url, parse_url, safe_url
 from ...layer import PostgresChannelLayer
+from ...shards import ShardedChannelLayer
+from ...shards.config import CONNECTION_OPTIONS, parse_shards
 from ...store.migrate import current_revision, migrate, migration_head
 
 APP_LABEL = "channel_layer_pg"
@@ -28,11 +30,13 @@ class LayerDatabase:
     name: str
     url: URL  # postgresql://, libpq parameters in the query, as the user wrote them
     schema: str | None = None  # the layer's schema option: where its tables are
+    shard: str | None = None  # the shard's name, for a ShardedChannelLayer entry
 
     @property
     def where(self) -> str:
         """The database, and the schema if the layer names one, for messages."""
-        return safe_url(self.url) + (f" (schema {self.schema})" if self.schema else "")
+        where = safe_url(self.url) + (f" (schema {self.schema})" if self.schema else "")
+        return f"shard {self.shard!r}: {where}" if self.shard is not None else where
 
     def is_on(self, alias: str) -> bool:
         """Whether this layer's database is the one DATABASES[alias] names now."""
@@ -44,13 +48,13 @@ class LayerDatabase:
 
 
 def layer_entries() -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """(name, CONFIG) of each CHANNEL_LAYERS entry whose BACKEND is this layer or a subclass."""
+    """(name, CONFIG) of each CHANNEL_LAYERS entry whose BACKEND is this layer, sharded or not."""
     for name, entry in (getattr(settings, "CHANNEL_LAYERS", None) or {}).items():
         try:
             backend = import_string(entry.get("BACKEND", ""))
         except ImportError:
             continue
-        if isinstance(backend, type) and issubclass(backend, PostgresChannelLayer):
+        if isinstance(backend, type) and issubclass(backend, (PostgresChannelLayer, ShardedChannelLayer)):
             yield name, entry.get("CONFIG") or {}
 
 
@@ -70,12 +74,26 @@ def layer_database(name: str, config: Mapping[str, Any]) -> LayerDatabase:
     return LayerDatabase(name, parse_url(os.environ[URL_ENV_VAR], option=URL_ENV_VAR), schema)
 
 
+def entry_databases(name: str, config: Mapping[str, Any]) -> list[LayerDatabase]:
+    """The databases of one entry: its one, or each shard's of a sharded layer."""
+    if "shards" not in config:
+        return [layer_database(name, config)]
+    common = {key: value for key, value in config.items() if key != "shards"}
+    given = [key for key in CONNECTION_OPTIONS if key in common]
+    if given:
+        raise TypeError(f"a sharded layer takes its databases in shards=, not {given[0]!r}")
+    return [
+        replace(layer_database(name, {**common, **shard.options}), shard=shard.name)
+        for shard in parse_shards(config["shards"])
+    ]
+
+
 def layer_databases() -> list[LayerDatabase]:
-    """The database of each entry whose CONFIG is valid (E001 reports the others)."""
+    """The databases of each entry whose CONFIG is valid (E001 reports the others)."""
     found = []
     for name, config in layer_entries():
         try:
-            found.append(layer_database(name, config))
+            found.extend(entry_databases(name, config))
         except (TypeError, ValueError):
             continue
     return found

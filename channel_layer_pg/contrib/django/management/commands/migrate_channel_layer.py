@@ -11,13 +11,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from channel_layer_pg.contrib.django.layers import layer_database, layer_entries, migrate_to_head
+from channel_layer_pg.contrib.django.layers import entry_databases, layer_entries, migrate_to_head
 from channel_layer_pg.store.migrate import migrate
 
 
 # Django ships no type hints, so its base classes are Any to mypy.
 class Command(BaseCommand):  # type: ignore[misc]
-    help = "Bring the tables of this project's PostgresChannelLayer channel layers to a revision."
+    help = "Bring the tables of this project's channel_layer_pg channel layers (every shard) to a revision."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("names", nargs="*", help="CHANNEL_LAYERS entries (default: all of this layer)")
@@ -29,18 +29,20 @@ class Command(BaseCommand):  # type: ignore[misc]
         unknown = [name for name in names if name not in entries]
         if unknown:
             raise CommandError(
-                f"no PostgresChannelLayer in CHANNEL_LAYERS named {', '.join(map(repr, unknown))}; "
+                "no PostgresChannelLayer or ShardedChannelLayer in CHANNEL_LAYERS named "
+                f"{', '.join(map(repr, unknown))}; "
                 f"there are: {', '.join(map(repr, entries)) or 'none'}"
             )
         for name in names:
             try:
-                layer = layer_database(name, entries[name])
+                layers = entry_databases(name, entries[name])
             except (TypeError, ValueError) as exc:
                 raise CommandError(f"CHANNEL_LAYERS[{name!r}] CONFIG: {exc}") from None
-            if options["revision"] == "head":
-                # One level up from migrate's: asked by name, "already at head" is news too.
-                migrate_to_head(layer, verbosity=options["verbosity"] + 1, stdout=self.stdout)
-            else:
-                migrate(layer.url, options["revision"], schema=layer.schema)
-                revision = options["revision"]
-                self.stdout.write(f"Migrated channel layer {name!r} at {layer.where} to {revision}")
+            for layer in layers:  # each shard of a sharded layer
+                if options["revision"] == "head":
+                    # One level up from migrate's: asked by name, "already at head" is news too.
+                    migrate_to_head(layer, verbosity=options["verbosity"] + 1, stdout=self.stdout)
+                else:
+                    migrate(layer.url, options["revision"], schema=layer.schema)
+                    revision = options["revision"]
+                    self.stdout.write(f"Migrated channel layer {name!r} at {layer.where} to {revision}")
