@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .capacity import parse_channel_capacity
-from .config import LayerConfig, _positive_int
+from .config import LayerConfig, positive_int
 from .naming import (
     CHANNEL_NAME_REGEX,
     GROUP_NAME_REGEX,
@@ -72,7 +72,7 @@ class ChannelsInterface(_Base):
 
         The option's own checks apply, so a pattern the layer would refuse is refused here too.
         """
-        rules = parse_channel_capacity(channel_capacity, positive_int=_positive_int)
+        rules = parse_channel_capacity(channel_capacity, positive_int=positive_int)
         return [(rule.pattern, rule.capacity) for rule in rules]
 
     def get_capacity(self, channel: str) -> int:

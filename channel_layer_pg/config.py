@@ -216,7 +216,7 @@ def build_config(options: Mapping[str, Any]) -> LayerConfig:
             options.get("channel_capacity") or {}, positive_int=_capacity
         ),
         codec=codec,
-        pool_size=_positive_int("pool_size", options.get("pool_size", 10)),
+        pool_size=positive_int("pool_size", options.get("pool_size", 10)),
         max_overflow=_non_negative_int("max_overflow", options.get("max_overflow", 10)),
         pool_idle_timeout=_optional_seconds("pool_idle_timeout", options.get("pool_idle_timeout", 60)),
         connect_timeout=_seconds("connect_timeout", options.get("connect_timeout", libpq_timeout or 10)),
@@ -310,7 +310,7 @@ def _optional_seconds(name: str, value: object) -> float | None:
     return None if value is None else _seconds(name, value)
 
 
-def _positive_int(name: str, value: object) -> int:
+def positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {value!r}")
     if value < 1:
@@ -319,7 +319,7 @@ def _positive_int(name: str, value: object) -> int:
 
 
 def _capacity(name: str, value: object) -> int:
-    capacity = _positive_int(name, value)
+    capacity = positive_int(name, value)
     if capacity > _MOST_CAPACITY:
         raise ValueError(f"{name} must be at most 2**63 - 1 (a PostgreSQL bigint), not {value!r}")
     return capacity
@@ -328,7 +328,7 @@ def _capacity(name: str, value: object) -> int:
 def _max_message_size(value: object) -> int | None:
     if value is None:
         return None
-    size = _positive_int("max_message_size", value)
+    size = positive_int("max_message_size", value)
     if size > _MOST_MESSAGE_SIZE:
         raise ValueError(
             f"max_message_size must be at most {_MOST_MESSAGE_SIZE} bytes (PostgreSQL stores at most "

@@ -76,10 +76,11 @@ async def sql(database_url: str) -> AsyncIterator[Callable[..., Awaitable[list[a
     await conn.close()
 
 
-@pytest.fixture
-async def empty_database_url(database_url: str) -> AsyncIterator[str]:
-    """A database on the same server that has no schema at all; dropped afterwards."""
-    name = f"clpg_empty_{uuid.uuid4().hex[:8]}"
+@asynccontextmanager
+async def throwaway_database(database_url: str, stem: str) -> AsyncIterator[str]:
+    """The URL of a new, empty database on the test server, named ``stem`` and a random tail;
+    dropped afterwards."""
+    name = f"{stem}_{uuid.uuid4().hex[:8]}"
     admin = await connect(database_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
@@ -87,6 +88,13 @@ async def empty_database_url(database_url: str) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def empty_database_url(database_url: str) -> AsyncIterator[str]:
+    """A database on the same server that has no schema at all; dropped afterwards."""
+    async with throwaway_database(database_url, "clpg_empty") as url:
+        yield url
 
 
 # What the layer needs at run time, and nothing more: no DDL, no ownership.

@@ -6,16 +6,14 @@ server, as a developer would type the commands.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from channel_layer_pg import PostgresChannelLayer, migrate
 from channel_layer_pg.store.migrate import migration_head
-from tests.conftest import connect
+from tests.conftest import connect, throwaway_database
 from tests.django_project import DjangoProject, django_database, new_project
 from tests.helpers import receive
 
@@ -29,14 +27,8 @@ TABLES = ("channel_layer_pg_message", "channel_layer_pg_group_member", "channel_
 @pytest.fixture
 async def another_empty_database_url(database_url: str) -> AsyncIterator[str]:
     """A second empty database on the test server, for a layer apart from DATABASES."""
-    name = f"clpg_other_{uuid.uuid4().hex[:8]}"
-    admin = await connect(database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with throwaway_database(database_url, "clpg_other") as url:
+        yield url
 
 
 @pytest.fixture
