@@ -2,20 +2,22 @@
 
 No Prometheus client library is needed: ``prometheus_text(stats)`` writes the text format
 (version 0.0.4) itself, and ``metrics_app(layer)`` serves it. Every sample carries the layer's
-``prefix`` as a label. The per-channel, per-process and per-group series are the ``limit``
-largest only, beside totals over everything, so a scrape's series stay bounded however many
-channels exist (docs/operations.md, "Metrics for Prometheus", lists every metric).
+``prefix`` as a label, and for a ShardedChannelLayer the ``shard`` it was read from. The
+per-channel, per-process and per-group series are the ``limit`` largest only, beside totals
+over everything, so a scrape's series stay bounded however many channels exist
+(docs/operations.md, "Metrics for Prometheus", lists every metric).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, NamedTuple, TypeVar
 
 from .errors import ChannelLayerError
 from .layer import PostgresChannelLayer
+from .shards import ShardedChannelLayer
 from .stats import Backlog, GroupSize, LayerStats, check_limit
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -175,20 +177,32 @@ _FAMILIES = (
 )
 
 
-def prometheus_text(*stats: LayerStats) -> str:
+Layer = PostgresChannelLayer | ShardedChannelLayer
+
+
+def prometheus_text(*stats: LayerStats | Mapping[str, LayerStats]) -> str:
     """The metrics of one or more layers' stats, in Prometheus' text exposition format.
 
-    Each family lists the samples of every ``stats`` in turn, told apart by their ``prefix``
-    label; so two stats of the same prefix are refused (their samples would clash).
+    Each entry is a layer's ``stats()``: a LayerStats, or for a ShardedChannelLayer its
+    mapping of shard name to LayerStats, whose samples are labelled with their ``shard``. Each
+    family lists the samples of every entry in turn, told apart by their ``prefix`` (and
+    ``shard``) labels; so two entries of the same prefix and shard are refused (their samples
+    would clash).
     """
-    prefixes = [each.prefix for each in stats]
-    if len(set(prefixes)) < len(prefixes):
-        raise ValueError(f"each stats must be of another prefix, got {prefixes}")
+    sources: list[tuple[Labels, LayerStats]] = []
+    for entry in stats:
+        if isinstance(entry, LayerStats):
+            sources.append(((("prefix", entry.prefix),), entry))
+        else:
+            sources += [((("prefix", each.prefix), ("shard", shard)), each) for shard, each in entry.items()]
+    identities = [identity for identity, _ in sources]
+    if len(set(identities)) < len(identities):
+        raise ValueError(f"each stats must be of another prefix (or shard), got {identities}")
     lines = []
     for family in _FAMILIES:
         samples = [
-            f"{family.name}{_labels((('prefix', each.prefix), *labels))} {_number(value)}"
-            for each in stats
+            f"{family.name}{_labels((*identity, *labels))} {_number(value)}"
+            for identity, each in sources
             for labels, value in family.samples(each)
             if value is not None
         ]
@@ -201,12 +215,16 @@ def prometheus_text(*stats: LayerStats) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-async def scrape(*layers: PostgresChannelLayer, limit: int = 10) -> str:
+async def scrape(*layers: Layer, limit: int = 10) -> str:
     """The metrics of ``layers`` now, as ``prometheus_text``; raises what ``stats()`` raises."""
-    return prometheus_text(*await asyncio.gather(*(layer.stats(limit=limit) for layer in layers)))
+    return prometheus_text(*await asyncio.gather(*(_stats_of(layer, limit) for layer in layers)))
 
 
-def metrics_app(*layers: PostgresChannelLayer, limit: int = 10) -> ASGIApp:
+async def _stats_of(layer: Layer, limit: int) -> LayerStats | Mapping[str, LayerStats]:
+    return await layer.stats(limit=limit)
+
+
+def metrics_app(*layers: Layer, limit: int = 10) -> ASGIApp:
     """An ASGI app answering every GET with the metrics of ``layers``, for Prometheus to scrape.
 
     Mount it where the application routes (``Mount("/metrics", metrics_app(layer))`` in
@@ -215,10 +233,13 @@ def metrics_app(*layers: PostgresChannelLayer, limit: int = 10) -> ASGIApp:
     records as a failed scrape. The app never opens or closes the layers: their owner does.
     """
     if not layers:
-        raise TypeError("metrics_app needs at least one PostgresChannelLayer")
+        raise TypeError("metrics_app needs at least one PostgresChannelLayer or ShardedChannelLayer")
     for layer in layers:
-        if not isinstance(layer, PostgresChannelLayer):
-            raise TypeError(f"metrics_app serves PostgresChannelLayers, not {type(layer).__name__}")
+        if not isinstance(layer, (PostgresChannelLayer, ShardedChannelLayer)):
+            raise TypeError(
+                "metrics_app serves PostgresChannelLayers and ShardedChannelLayers, "
+                f"not {type(layer).__name__}"
+            )
     check_limit(limit)
     if len({layer.prefix for layer in layers}) < len(layers):
         raise ValueError("metrics_app needs layers of different prefixes: their samples would clash")

@@ -25,6 +25,7 @@ from channel_layer_pg.cli import main
 from channel_layer_pg.database_url import asyncpg_url
 from channel_layer_pg.embedded import EmbeddedPostgres, embedded_server
 from channel_layer_pg.faults import FaultHooks
+from channel_layer_pg.metrics import scrape
 from channel_layer_pg.naming import liveness_lock_key
 from tests.helpers import TIMEOUT, receive
 
@@ -401,3 +402,22 @@ async def test_delete_expired_removes_expired_messages_on_every_shard(
             await asyncio.sleep(0.1)
     # Expired rows of every prefix count (other tests' too, on a shared server).
     assert removed >= len(SHARDS)
+
+
+async def test_the_metrics_of_a_sharded_layer_carry_each_shard_s_figures(
+    make_sharded: ShardedFactory,
+) -> None:
+    parser = pytest.importorskip("prometheus_client.parser")
+    layer = make_sharded()
+    channels = channel_on_each_shard(layer)
+    await layer.send(channels["b"], {"type": "counted"})
+    await layer.send(channels["c"], {"type": "counted"})
+    await layer.send(channels["c"], {"type": "counted"})
+    families = {family.name: family for family in parser.text_string_to_metric_families(await scrape(layer))}
+    messages = {
+        sample.labels["shard"]: sample.value for sample in families["channel_layer_pg_messages"].samples
+    }
+    assert messages == {"a": 0, "b": 1, "c": 2}
+    assert all(
+        sample.labels["prefix"] == layer.prefix for family in families.values() for sample in family.samples
+    )

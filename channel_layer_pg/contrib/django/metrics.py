@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from ...errors import ChannelLayerError
 from ...layer import PostgresChannelLayer
 from ...metrics import CONTENT_TYPE, scrape
+from ...shards import ShardedChannelLayer
 
 
 async def metrics_view(
@@ -24,10 +25,10 @@ async def metrics_view(
     if request.method not in ("GET", "HEAD"):
         return HttpResponseNotAllowed(["GET", "HEAD"])
     layer = get_channel_layer(alias)
-    if not isinstance(layer, PostgresChannelLayer):
+    if not isinstance(layer, (PostgresChannelLayer, ShardedChannelLayer)):
         raise ImproperlyConfigured(
-            f"CHANNEL_LAYERS[{alias!r}] must have BACKEND channel_layer_pg.PostgresChannelLayer "
-            f"to serve its metrics, not {type(layer).__name__}"
+            f"CHANNEL_LAYERS[{alias!r}] must have BACKEND channel_layer_pg.PostgresChannelLayer or "
+            f"channel_layer_pg.ShardedChannelLayer to serve its metrics, not {type(layer).__name__}"
         )
     try:
         text = await scrape(layer, limit=limit)
