@@ -41,6 +41,7 @@ from typing import Any
 import asyncpg
 import msgpack
 from sqlalchemy.dialects import postgresql
+from workloads.floors import DELETE_OLDEST, INSERT_ONE
 
 from channel_layer_pg import PostgresChannelLayer
 from channel_layer_pg.faults import FaultHooks
@@ -49,14 +50,6 @@ from channel_layer_pg.store import statements
 
 PREFIX = "bench_breakdown"
 MESSAGE = {"type": "bench.message", "n": 1}
-_INSERT = (
-    "INSERT INTO channel_layer_pg_message (prefix, queue, channel, expires_at, payload) "
-    "VALUES ($1, $2, $2, now() + interval '60 s', $3)"
-)
-_DELETE_OLDEST = (
-    "DELETE FROM channel_layer_pg_message WHERE id = (SELECT id FROM channel_layer_pg_message "
-    "WHERE prefix = $1 AND queue = $2 ORDER BY id LIMIT 1) RETURNING payload"
-)
 
 
 class Counting(FaultHooks):
@@ -148,8 +141,8 @@ async def main() -> None:
     quiet_args = send_args[2:]
 
     async def floor() -> None:
-        await raw.execute(_INSERT, PREFIX, queue, payload)
-        await raw.fetchval(_DELETE_OLDEST, PREFIX, queue)
+        await raw.execute(INSERT_ONE, PREFIX, queue, payload)
+        await raw.fetchval(DELETE_OLDEST, PREFIX, queue)
 
     async def ours_raw() -> None:
         await raw.fetch(send_sql, *send_args)
@@ -157,10 +150,10 @@ async def main() -> None:
 
     async def send_then_floor_delete() -> None:
         await raw.fetch(send_sql, *send_args)
-        await raw.fetchval(_DELETE_OLDEST, PREFIX, queue)
+        await raw.fetchval(DELETE_OLDEST, PREFIX, queue)
 
     async def floor_insert_then_claim() -> None:
-        await raw.execute(_INSERT, PREFIX, queue, payload)
+        await raw.execute(INSERT_ONE, PREFIX, queue, payload)
         await raw.fetch(claim_sql, *claim_args)
 
     async def ours_quiet() -> None:

@@ -20,11 +20,12 @@ from asgiref.sync import async_to_sync
 from harness.db import connect
 
 PREFIX = "bench_floor"
-_INSERT = (
+# The floor a send plus a receive is measured against: one row in, then the oldest out.
+INSERT_ONE = (
     "INSERT INTO channel_layer_pg_message (prefix, queue, channel, expires_at, payload) "
     "VALUES ($1, $2, $2, now() + interval '60 s', $3)"
 )
-_DELETE_OLDEST = (
+DELETE_OLDEST = (
     "DELETE FROM channel_layer_pg_message WHERE id = (SELECT id FROM channel_layer_pg_message "
     "WHERE prefix = $1 AND queue = $2 ORDER BY id LIMIT 1) RETURNING payload"
 )
@@ -66,8 +67,8 @@ async def floors(pg_url: str) -> str:
         queue, payload = f"{PREFIX}.q", b"\x81\xa4type\xa1x"
 
         async def insert_then_delete() -> None:
-            await conn.execute(_INSERT, PREFIX, queue, payload)
-            await conn.fetchval(_DELETE_OLDEST, PREFIX, queue)
+            await conn.execute(INSERT_ONE, PREFIX, queue, payload)
+            await conn.fetchval(DELETE_OLDEST, PREFIX, queue)
 
         round_trip = await _median_ms(_calls(lambda: conn.fetchval("SELECT 1")))
         send_receive = await _median_ms(_calls(insert_then_delete))
