@@ -130,6 +130,15 @@ async def runtime_role_url(database_url: str) -> AsyncIterator[str]:
         yield url
 
 
+async def fetch(url: str, statement: str, *args: Any) -> list[asyncpg.Record]:
+    """Run ``statement`` once on its own connection to ``url``: to look at what a layer stored."""
+    conn = await connect(url)
+    try:
+        return list(await conn.fetch(statement, *args))
+    finally:
+        await conn.close()
+
+
 async def connect(url: str) -> asyncpg.Connection:
     """A plain asyncpg connection to a URL in any of the forms the tests use."""
     parsed = make_url(url)

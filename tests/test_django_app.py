@@ -13,7 +13,7 @@ import pytest
 
 from channel_layer_pg import PostgresChannelLayer, migrate
 from channel_layer_pg.store.migrate import migration_head
-from tests.conftest import connect, throwaway_database
+from tests.conftest import connect, fetch, throwaway_database
 from tests.django_project import DjangoProject, django_database, new_project
 from tests.helpers import receive
 
@@ -37,14 +37,11 @@ def project(tmp_path: Path) -> DjangoProject:
 
 
 async def layer_tables(url: str) -> list[str]:
-    conn = await connect(url)
-    try:
-        rows = await conn.fetch(
-            "SELECT table_name FROM information_schema.tables WHERE table_name = ANY($1::text[]) ORDER BY 1",
-            list(TABLES),
-        )
-    finally:
-        await conn.close()
+    rows = await fetch(
+        url,
+        "SELECT table_name FROM information_schema.tables WHERE table_name = ANY($1::text[]) ORDER BY 1",
+        list(TABLES),
+    )
     return [row["table_name"] for row in rows]
 
 
@@ -193,14 +190,11 @@ async def test_migrate_puts_the_tables_in_the_layer_s_schema_option(
     assert migrated.returncode == 0, migrated.output
     assert "(schema chat)" in migrated.output
     assert "channel_layer_pg" not in checked.output, checked.output
-    conn = await connect(empty_database_url)
-    try:
-        schemas = await conn.fetch(
-            "SELECT DISTINCT table_schema FROM information_schema.tables WHERE table_name = ANY($1::text[])",
-            list(TABLES),
-        )
-    finally:
-        await conn.close()
+    schemas = await fetch(
+        empty_database_url,
+        "SELECT DISTINCT table_schema FROM information_schema.tables WHERE table_name = ANY($1::text[])",
+        list(TABLES),
+    )
     assert [row["table_schema"] for row in schemas] == ["chat"]
 
 

@@ -9,9 +9,7 @@ from contextlib import ExitStack
 from itertools import count
 from typing import Any
 
-import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from channel_layer_pg import (
@@ -27,6 +25,7 @@ from channel_layer_pg.embedded import EmbeddedPostgres, embedded_server
 from channel_layer_pg.faults import FaultHooks
 from channel_layer_pg.metrics import scrape
 from channel_layer_pg.naming import liveness_lock_key
+from tests.conftest import fetch
 from tests.helpers import TIMEOUT, receive
 
 SHARDS = ("a", "b", "c")
@@ -79,30 +78,14 @@ def channel_on_each_shard(layer: ShardedChannelLayer, stem: str = "test.sharded"
     raise AssertionError("unreachable")
 
 
-async def query(url: str, statement: str, *args: Any) -> list[Any]:
-    """Run ``statement`` on the server at ``url``, to look at what the layer stored there."""
-    parsed = make_url(url)
-    conn = await asyncpg.connect(
-        user=parsed.username,
-        password=parsed.password or None,
-        host=parsed.query.get("host") or parsed.host,
-        port=parsed.port,
-        database=parsed.database,
-    )
-    try:
-        return list(await conn.fetch(statement, *args))
-    finally:
-        await conn.close()
-
-
 async def rows_on(url: str, prefix: str) -> list[str]:
     """The channels of the messages stored on the server at ``url`` under ``prefix``."""
-    rows = await query(url, "SELECT channel FROM channel_layer_pg_message WHERE prefix = $1", prefix)
+    rows = await fetch(url, "SELECT channel FROM channel_layer_pg_message WHERE prefix = $1", prefix)
     return sorted(row["channel"] for row in rows)
 
 
 async def members_on(url: str, prefix: str) -> list[str]:
-    rows = await query(url, "SELECT channel FROM channel_layer_pg_group_member WHERE prefix = $1", prefix)
+    rows = await fetch(url, "SELECT channel FROM channel_layer_pg_group_member WHERE prefix = $1", prefix)
     return sorted(row["channel"] for row in rows)
 
 
@@ -373,7 +356,7 @@ async def test_a_process_s_liveness_and_memberships_live_on_its_home_shard(
         "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted"
         " AND ((classid::int8 << 32) | objid::int8) = $1"
     )
-    assert (await query(home, lock, liveness_lock_key(owner.client_prefix)))[0]["n"] == 1
+    assert (await fetch(home, lock, liveness_lock_key(owner.client_prefix)))[0]["n"] == 1
     assert {shard: await members_on(url, prefix) for shard, url in shard_urls.items()} == {
         shard: [local] if shard == owner.home_shard else [] for shard in SHARDS
     }
