@@ -242,12 +242,12 @@ class PostgresChannelLayer(ChannelsInterface):
         validate_channel_name(channel)
         queue = non_local_name(channel)
         # Any name with "!" is process-local, "x.abc!" (empty local part) included.
-        if is_process_local(channel) and not queue.endswith(f".{self.client_prefix}!"):
-            raise ValueError(
-                f"{channel!r} is a process-local channel of another layer instance; "
-                "only the instance whose new_channel() made it can receive on it"
-            )
         if is_process_local(channel):
+            if not self._owns(queue):
+                raise ValueError(
+                    f"{channel!r} is a process-local channel of another layer instance; "
+                    "only the instance whose new_channel() made it can receive on it"
+                )
             await self._hold_liveness()  # names made from client_prefix by hand come here first
         row = await self._receive(queue, channel)
         return self._config.codec.decode(row.payload, channel=channel)
