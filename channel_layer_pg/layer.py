@@ -366,12 +366,14 @@ class PostgresChannelLayer(ChannelsInterface):
             row = Claimed(0, channel, expires_at, payload)
             delivered += self._buffer.offer(row, self._config.capacity_for(channel))
         if delivered:
-            self._wake_readers(non_local_name(channels[0]))  # all of them are this instance's queue
+            # All of them are this instance's queue.
+            self._wake_readers(non_local_name(channels[0]), channels)
         return delivered
 
-    def _wake_readers(self, queue: str) -> None:
-        """Rows of ``queue`` were buffered: readers on every loop should look (thread-safe)."""
-        self._loops.wake_readers(queue)
+    def _wake_readers(self, queue: str, channels: Sequence[str] | None = None) -> None:
+        """Rows of ``queue`` (for ``channels``, if known) were buffered: readers on every loop
+        should look (thread-safe)."""
+        self._loops.wake_readers(queue, channels)
 
     async def _writer(self, connection: ApplicationConnection) -> TransactionalWriter:
         return await TransactionalWriter.join(

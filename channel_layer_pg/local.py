@@ -81,6 +81,10 @@ class ClaimedBuffer:
         with self._lock:
             self._rows.setdefault(row.channel, deque()).appendleft(row)
 
+    def __bool__(self) -> bool:
+        """Whether any channel has a message in line (read without the lock: a hint)."""
+        return bool(self._rows)
+
     def count(self) -> int:
         """How many messages are held, expired ones not yet dropped included."""
         with self._lock:

@@ -197,18 +197,19 @@ class EventLoops:
                         loop,
                     )
 
-    def wake_readers(self, queue: str) -> None:
-        """Rows of ``queue`` were buffered: readers on every loop should look (thread-safe)."""
+    def wake_readers(self, queue: str, channels: Sequence[str] | None = None) -> None:
+        """Rows of ``queue`` (for ``channels``, if known) were buffered: readers on every loop
+        should look (thread-safe)."""
         try:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             current = None
         for loop, backend in self._backends():
             if loop is current:
-                backend.wake_reader(queue)
+                backend.wake_reader(queue, channels)
             elif not loop.is_closed():
                 try:
-                    loop.call_soon_threadsafe(backend.wake_reader, queue)
+                    loop.call_soon_threadsafe(backend.wake_reader, queue, channels)
                 except RuntimeError:
                     pass  # closed since: its receives are gone with it
 

@@ -337,11 +337,12 @@ class LoopBackend:
         for reader in self._readers.values():
             reader.end_linger()
 
-    def wake_reader(self, queue: str) -> None:
-        """Make this loop's reader of ``queue``, if any, look at the shared buffer again."""
+    def wake_reader(self, queue: str, channels: Sequence[str] | None = None) -> None:
+        """Make this loop's reader of ``queue``, if any, look at the shared buffer again
+        (only at ``channels``, if given: see QueueReader.serve_buffered)."""
         reader = self._readers.get(queue)
         if reader is not None:
-            reader.serve_buffered()
+            reader.serve_buffered(channels)
 
 
 # The package's directory: a task whose coroutine's code lives under it is the layer's.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from ..errors import DatabaseUnreachableError, StatementRejectedError
 from ..faults import FaultHooks
@@ -208,14 +208,22 @@ class QueueReader:
         if self._waiters:
             self._wakeup.set()
 
-    def serve_buffered(self) -> None:
+    def serve_buffered(self, channels: Iterable[str] | None = None) -> None:
         """Rows for this queue were put in the shared buffer: hand them to waiting receives.
+
+        Called on the reader's own loop. With ``channels`` (the channels the rows are for),
+        their waiting receives get them here and now: a group_send to 200 of a process's own
+        channels then costs no turn of the reader task and no pass over every waiting channel.
+        Without, the reader looks at every channel it waits on, on its next turn.
 
         Unlike wake(), this says nothing about the table, so channels a claim found empty there
         stay known to be empty: a group_send to a process's own local channels, delivered in
         memory, would otherwise cost a claim that finds nothing.
         """
-        if self._waiters:
+        if channels is not None:
+            for channel in channels:
+                self._serve_channel(channel)
+        elif self._waiters:
             self._wakeup.set()
 
     def _note_empty(self, channels: Sequence[str], wakes: int, listening: bool) -> None:
@@ -359,13 +367,18 @@ class QueueReader:
 
     def _serve_from_buffer(self) -> None:
         # A receiver on another loop may have left rows behind for channels waited on here.
-        for channel in self._waiters.channels():
-            while self._waiters.waiting(channel) and self._buffer.holds(channel):
-                row = self._buffer.take(channel)
-                if row is None or not self._waiters.give(row):
-                    if row is not None:
-                        self._buffer.put_front(row)
-                    break
+        # Usually the buffer is empty, and a pass over every waiting channel would find nothing.
+        if self._buffer:
+            for channel in self._waiters.channels():
+                self._serve_channel(channel)
+
+    def _serve_channel(self, channel: str) -> None:
+        while self._waiters.waiting(channel) and self._buffer.holds(channel):
+            row = self._buffer.take(channel)
+            if row is None or not self._waiters.give(row):
+                if row is not None:
+                    self._buffer.put_front(row)
+                return
 
     def _dispatch(self, rows: Sequence[Claimed]) -> None:
         extra = False
