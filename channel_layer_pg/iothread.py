@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 from .errors import LayerClosedError
+from .store.tasks import start_task
 
 T = TypeVar("T")
 
@@ -84,7 +85,7 @@ class IoThread:
                 coroutine.close()
                 call.report(_REFUSED, LayerClosedError("the channel layer was closed"))
                 return
-            call.task = loop.create_task(call.run(coroutine))
+            call.task = start_task(loop, call.run(coroutine))
 
             def finished(task: asyncio.Task[T]) -> None:
                 # Cancelled before its first step, the task never started the coroutine:

@@ -19,6 +19,7 @@ from ..local import Claimed, ClaimedBuffer, Waiters, Wakeup
 from .backoff import Backoff
 from .known_empty import KnownEmpty
 from .listener import Listener, NotificationsNotDelivered
+from .tasks import start_task
 
 logger = logging.getLogger("channel_layer_pg.claims")
 
@@ -120,9 +121,9 @@ class QueueReader:
         # the event loop later (store.db.StatementRunner does the same for statements).
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future[Sequence[Claimed]] = loop.create_future()
-        claim = loop.create_task(self._claim_into(outcome, channel))
-        self._inline_claim = claim
         wakes, listening = self._wakes, self._listening
+        claim = start_task(loop, self._claim_into(outcome, channel))
+        self._inline_claim = claim
         try:
             rows = await outcome
         except asyncio.CancelledError:

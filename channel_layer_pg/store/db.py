@@ -21,6 +21,7 @@ from .backoff import Backoff
 from .driver_errors import retryable, translated_errors, unreachable
 from .pool import Held, HeldConnections
 from .schema import schema_translation
+from .tasks import start_task
 
 T = TypeVar("T")
 
@@ -196,7 +197,7 @@ class StatementRunner:
         outcome: asyncio.Future[T] = loop.create_future()
         # Held until done: a cancelled caller no longer holds the task, and the loop holds
         # tasks only weakly.
-        task = loop.create_task(self._run_into(outcome, compiled, work))
+        task = start_task(loop, self._run_into(outcome, compiled, work))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         return await outcome
