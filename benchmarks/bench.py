@@ -37,7 +37,7 @@ from harness.cli import add_url, names, print_header
 from harness.compare import Counts, compare
 from harness.layers import DEFAULT_REDIS, SPECS, Services
 from harness.procs import run_worker
-from workloads import cross_process, fanout, latency, local, other_process, sync
+from workloads import cross_process, fanout, latency, local, other_process, stored, sync
 from workloads.floors import floors
 
 # The comparison table's workloads, by the name --workloads takes, in the table's order.
@@ -50,6 +50,7 @@ WORKLOADS = {
     "cross": cross_process.WORKLOADS,
     "remote": other_process.WORKLOADS,
     "sync": sync.WORKLOADS,
+    "stored": stored.WORKLOADS,
 }
 SUBCOMMANDS = (
     "scaling", "soak", "soak-faults", "isolation", "pgbouncer", "plan-drift", "stats-backlog",
