@@ -7,11 +7,12 @@ For each number of shards k (1 up to the servers given), a ShardedChannelLayer o
 - ``group_send ms``: ms per group_send (``--group-sends`` of them, one after another) to a
   group of ``--members`` normal channels spread over the shards; ``+ms/shard``, what each
   shard past the first adds: ``(ms(k) - ms(1)) / (k - 1)``;
-- per shard, from a flush before the sends to after the layer's close: ``messages/shard``,
-  the rows written there (sends to its channels, group deliveries to its members);
-  ``commits/shard``, its database's ``pg_stat_database.xact_commit`` delta; ``server CPU
-  s/shard``, user + system seconds of its server's postmaster and every process under it,
-  from /proc ("n/a" when the server is not on this machine);
+- per shard, from after a first batch of 64 (not counted: the pools connect then) to after
+  the layer's close: ``messages/shard``, the rows written there (sends to its channels, group
+  deliveries to its members); ``commits/shard``, its database's
+  ``pg_stat_database.xact_commit`` delta; ``server CPU s/shard``, user + system seconds of its
+  server's postmaster and every process under it, from /proc ("n/a" when the server is not on
+  this machine);
 - ``connections/shard``: the layer's sessions there, pool + LISTEN (by application_name in
   pg_stat_activity), counted after the work while a receive waits on every shard, as a
   consumer's would: what each shard costs every process.
@@ -121,6 +122,16 @@ async def _connections(layer: ShardedChannelLayer, urls: list[str]) -> list[tupl
         await asyncio.wait(waiting, timeout=5)
 
 
+async def _send_receive(layer: ShardedChannelLayer, channels: list[str], count: int) -> None:
+    """``count`` messages over ``channels``, as many sends in flight as channels; then all received."""
+    for first in range(0, count, len(channels)):
+        batch = range(first, min(first + len(channels), count))
+        await asyncio.gather(*(layer.send(channels[n % len(channels)], {"type": "m", "n": n}) for n in batch))
+    for first in range(0, count, len(channels)):
+        batch = range(first, min(first + len(channels), count))
+        await asyncio.gather(*(layer.receive(channels[n % len(channels)]) for n in batch))
+
+
 async def one_setting(urls: list[str], postmasters: list[int | None], counts: Counts) -> Setting:
     layer = ShardedChannelLayer(
         shards=urls, prefix=PREFIX, capacity=max(counts.shard_messages, counts.shard_group_sends)
@@ -129,16 +140,13 @@ async def one_setting(urls: list[str], postmasters: list[int | None], counts: Co
         await layer.flush()
         shards = [Shard() for _ in urls]
         index = {name: n for n, name in enumerate(layer.shard_names)}  # in the order of urls
-        before = await _readings(urls, postmasters)
         channels = [f"bench.shards{n}" for n in range(CHANNELS)]
+        # One batch first, not counted: the pools open their connections outside the figures.
+        await _send_receive(layer, channels, CHANNELS)
+        before = await _readings(urls, postmasters)
         count = counts.shard_messages
         started = time.perf_counter()
-        for first in range(0, count, CHANNELS):
-            batch = range(first, min(first + CHANNELS, count))
-            await asyncio.gather(*(layer.send(channels[n % CHANNELS], {"type": "m", "n": n}) for n in batch))
-        for first in range(0, count, CHANNELS):
-            batch = range(first, min(first + CHANNELS, count))
-            await asyncio.gather(*(layer.receive(channels[n % CHANNELS]) for n in batch))
+        await _send_receive(layer, channels, count)
         rate = count / (time.perf_counter() - started)
         for n in range(count):
             shards[index[layer.shard_of(channels[n % CHANNELS])]].messages += 1
