@@ -163,7 +163,8 @@ async def one_setting(urls: list[str], postmasters: list[int | None], counts: Co
         await layer.flush()
     finally:
         await layer.close()
-    # After close(): a backend reports its last commits when its session ends, not at once.
+    # After close(): a busy backend reports its commits at most once a second, the rest when
+    # its session ends.
     after = await _readings(urls, postmasters)
     for shard, (commits0, cpu0), (commits1, cpu1) in zip(shards, before, after, strict=True):
         shard.commits = commits1 - commits0
