@@ -3,15 +3,16 @@ channels_rabbitmq, channels-nats and in-memory.
 
     python benchmarks/bench.py [--url URL] [--redis URL] [--rabbitmq URL] [--nats URL] [--quick]
                                [--only ours,redis,...] [--workloads latency,thread,...] [--vacuum]
-                               [--label TEXT]
+                               [--label TEXT] [--shard-url URL ...]
     python benchmarks/bench.py scaling|soak|soak-faults|isolation|pgbouncer|plan-drift|stats-backlog
                                |pool-checkout|encode|shards [--help]
 
 Without a subcommand: each comparison workload runs against every selected layer in turn,
 with a fresh layer each time, and the tables (figures, then ours divided by each peer's) come
-last. A layer whose package or service is missing is skipped with a note; a workload it cannot
-do (a feature it lacks) shows "n/a", with the reason in the notes; a workload that errors or
-stalls shows that in its cell.
+last; then the shard benchmark (workloads/shards.py, also the ``shards`` subcommand) measures
+ours over 1, 2 and 3 servers. A layer whose package or service is missing is skipped with a
+note; a workload it cannot do (a feature it lacks) shows "n/a", with the reason in the notes; a
+workload that errors or stalls shows that in its cell.
 The subcommands measure channel_layer_pg alone (see benchmarks/README.md). Whichever
 channel_layer_pg comes first on PYTHONPATH is measured; the header says which.
 """
@@ -34,8 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness.brokers import DEFAULT_NATS, DEFAULT_RABBITMQ
 from harness.cli import add_url, names, print_header
-from harness.compare import Counts, compare
-from harness.layers import DEFAULT_REDIS, SPECS, Services
+from harness.compare import Complaints, Counts, compare
+from harness.db import first_line
+from harness.layers import DEFAULT_REDIS, OURS, SPECS, Services
 from harness.procs import run_worker
 from workloads import cross_process, fanout, latency, local, other_process, stored, sync
 from workloads.floors import floors
@@ -52,6 +54,8 @@ WORKLOADS = {
     "sync": sync.WORKLOADS,
     "stored": stored.WORKLOADS,
 }
+# After the table, its own section: ours over 1, 2 and 3 servers, not a row per layer.
+SHARDS = "shards"
 SUBCOMMANDS = (
     "scaling", "soak", "soak-faults", "isolation", "pgbouncer", "plan-drift", "stats-backlog",
     "pool-checkout", "encode", "shards",
@@ -69,13 +73,33 @@ async def compare_main(args: argparse.Namespace) -> int:
     await print_header(args.url, args.label, redis=args.redis, vacuum_first=args.vacuum)
     print(f"counts: {counts.describe()}\n{floor}", flush=True)
     started = time.monotonic()
-    chosen = [w for name in args.workloads for w in WORKLOADS[name]]
-    table, notes = await compare(chosen, args.only, services, counts)
-    print(f"\n{table}")
-    if notes:
-        print("\nnotes:\n" + "\n".join(f"  - {note}" for note in notes))
+    chosen = [w for name in args.workloads if name != SHARDS for w in WORKLOADS[name]]
+    if chosen:
+        table, notes = await compare(chosen, args.only, services, counts)
+        print(f"\n{table}")
+        if notes:
+            print("\nnotes:\n" + "\n".join(f"  - {note}" for note in notes))
+    if SHARDS in args.workloads:
+        print(flush=True)
+        if OURS in args.only:
+            await shard_section(args.shard_url, counts)
+        else:
+            print("shards: not measured (they measure ours, which --only leaves out)")
     print(f"\ntotal time: {time.monotonic() - started:.1f} s", flush=True)
     return 0
+
+
+async def shard_section(urls: list[str] | None, counts: Counts) -> None:
+    """The shard benchmark; a failure there is reported in a line, as a cell's would be."""
+    with Complaints() as complaints:
+        try:
+            # Imported here: a checkout from before ShardedChannelLayer still runs the table.
+            shards = importlib.import_module("workloads.shards")
+            await shards.measure(urls, counts)
+        except Exception as exc:
+            print(f"shards: failed ({type(exc).__name__}: {first_line(exc)})")
+    if summary := complaints.summary():
+        print("  notes:\n" + "\n".join(f"  - {note}" for note in summary))
 
 
 def parse_compare(argv: list[str]) -> argparse.Namespace:
@@ -95,9 +119,14 @@ def parse_compare(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--workloads",
-        type=names(WORKLOADS),
-        default=list(WORKLOADS),
-        help=f"workloads (default: {','.join(WORKLOADS)})",
+        type=names([*WORKLOADS, SHARDS]),
+        default=[*WORKLOADS, SHARDS],
+        help=f"workloads (default: {','.join([*WORKLOADS, SHARDS])})",
+    )
+    parser.add_argument(
+        "--shard-url",
+        action="append",
+        help="a migrated server for the shard benchmark; repeat (default: three embedded servers)",
     )
     parser.add_argument("--quick", action="store_true", help="smaller counts: under a minute")
     parser.add_argument(

@@ -42,6 +42,10 @@ class Counts:
     remote_per_channel: int = 250
     # ... and group_sends to the fanout_members of a group in this one, one at a time.
     remote_group_sends: int = 50
+    # The shard benchmark (workloads/shards.py), for 1, 2 and 3 shards.
+    shard_messages: int = 2000
+    shard_members: int = 30
+    shard_group_sends: int = 200
     stall: float = 10.0  # seconds one operation (or the whole workload) may go without progress
     limit: float = 60.0  # seconds one workload may take in all
 
@@ -50,7 +54,7 @@ class Counts:
         return cls(
             latency_rounds=200, latency_warmup=10, local_per_receiver=20, fanout_sends=5,
             cross_messages=500, sync_calls=100, remote_per_channel=50, remote_group_sends=10,
-            stall=6.0, limit=20.0,
+            shard_messages=500, shard_group_sends=50, stall=6.0, limit=20.0,
         )  # fmt: skip
 
     def describe(self) -> str:
@@ -59,7 +63,9 @@ class Counts:
             f"{self.local_per_receiver}; fan-out {self.fanout_members} members x {self.fanout_sends} "
             f"group_sends; cross-process {self.cross_messages}; sync {self.sync_calls} calls each; "
             f"from another process {self.remote_channels} process-local channels x "
-            f"{self.remote_per_channel} and {self.remote_group_sends} group_sends; timeout after "
+            f"{self.remote_per_channel} and {self.remote_group_sends} group_sends; shards "
+            f"{self.shard_messages} messages and {self.shard_group_sends} group_sends to "
+            f"{self.shard_members} members; timeout after "
             f"{self.stall:g} s without progress or {self.limit:g} s in all"
         )
 

@@ -204,6 +204,42 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def _boot_time() -> float:
+    with open("/proc/stat") as file:
+        return float(next(line.split()[1] for line in file if line.startswith("btime ")))
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) of ``pid``, its children, and its children that have exited.
+
+    For a PostgreSQL server's postmaster: its backends and background processes are its
+    children, and the time of one that exits moves into the postmaster's cutime and cstime
+    when it is reaped, so two readings subtract to what the whole server used between them.
+    """
+    fields = _stat(pid)
+    if fields is None:
+        return None
+    ticks = sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (child := _stat(int(entry))) is not None and child[1] == str(pid):
+            ticks += sum(int(v) for v in child[11:15])
+    return ticks / _TICK
+
+
+async def postmaster_pid(conn: Any) -> int | None:
+    """The pid of the server's postmaster if it runs on this machine and /proc shows it, else None."""
+    backend, started = await conn.fetchrow(
+        "SELECT pg_backend_pid(), extract(epoch FROM pg_postmaster_start_time())::float8"
+    )
+    fields = _stat(backend)
+    parent = None if fields is None else _stat(int(fields[1]))
+    # A server elsewhere (another machine, a container) numbers its processes apart: a local
+    # process may carry its backend's pid, but its parent did not start when the server did.
+    if fields is None or parent is None or abs(int(parent[19]) / _TICK + _boot_time() - started) > 5:
+        return None
+    return int(fields[1])
+
+
 def _machine_busy() -> float:
     with open("/proc/stat") as file:
         values = [int(v) for v in file.readline().split()[1:9]]
