@@ -9,9 +9,10 @@ beside the no-layer floor of ``workloads/floors.py`` (waking on NOTIFY, or polli
   to hundreds) and count - 100; a sender faster than its receiver leaves a backlog, and then
   the receiver sets the pace;
 - CPU ms per message between the marks: of the sender and of the receiver process (each its
-  own ``time.process_time()`` as it passes them), of PostgreSQL (this database's backends and
-  the server's background processes, from ``/proc``: the server must run on this machine) and
-  of redis-server (both from the first party's first mark to the last party's last);
+  own ``time.process_time()`` as it passes them), of PostgreSQL (the backends serving the two
+  workers, found by their client ports, and the server's background processes, from
+  ``/proc``: the server must run on this machine) and of redis-server (both from the first
+  party's first mark to the last party's last);
 - "cores": their total times "received/s", in CPU-seconds per second; "machine": what the
   whole machine used meanwhile, neighbours included; "waited": the time the sender, receiver
   and PostgreSQL processes were ready to run but found every core taken, per second
@@ -78,18 +79,53 @@ def _redis_server_cpu() -> float:
     return total
 
 
+def _tcp_ports(pid: int) -> list[int]:
+    """The local ports of the TCP sockets process ``pid`` holds: its database connections'."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        return []
+    ports = []
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as file:
+                next(file)
+                for line in file:
+                    fields = line.split()
+                    if fields[9] in inodes:
+                        ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return ports
+
+
 class _Server:
-    """PostgreSQL's and redis-server's CPU, the machine's, and the time spent waiting for a core."""
+    """PostgreSQL's and redis-server's CPU, the machine's, and the time spent waiting for a core.
+
+    PostgreSQL's: the backends serving the two workers (found by their client ports), and the
+    server's background processes (the WAL writer, the checkpointer), not the sessions of
+    whoever else uses the database.
+    """
 
     def __init__(self, conn: Any, sender: Worker, receiver: Worker) -> None:
-        self._meter = CpuMeter(conn, (sender.pid, receiver.pid), this_process=False)
+        self._conn, self._workers = conn, (sender.pid, receiver.pid)
+        self._meter: CpuMeter | None = None
         self._start = (0.0, 0.0)
 
     async def begin(self) -> None:
+        ports = [port for pid in self._workers for port in _tcp_ports(pid)]
+        sessions = f"client_port IN ({', '.join(map(str, ports))}) OR datname IS NULL" if ports else "false"
+        self._meter = CpuMeter(self._conn, self._workers, pg_sessions=sessions, this_process=False)
         await self._meter.read()
         self._start = (asyncio.get_running_loop().time(), _redis_server_cpu())
 
     async def end(self) -> dict[str, float]:
+        if self._meter is None:
+            raise RuntimeError("end() before begin()")
         cores = await self._meter.read()
         wall = asyncio.get_running_loop().time() - self._start[0]
         return {
