@@ -10,9 +10,10 @@ beside the no-layer floor of ``workloads/floors.py`` (waking on NOTIFY, or polli
   the receiver sets the pace;
 - CPU ms per message between the marks: of the sender and of the receiver process (each its
   own ``time.process_time()`` as it passes them), of PostgreSQL (the backends serving the two
-  workers, found by their client ports, and the server's background processes, from
-  ``/proc``: the server must run on this machine) and of redis-server (both from the first
-  party's first mark to the last party's last);
+  workers, found by their client ports, from ``/proc``: the server must run on this machine),
+  "of which listen" (those backends whose last statement was a LISTEN: a connection that only
+  listens) and of redis-server (these from the first party's first mark to the last party's
+  last);
 - "cores": their total times "received/s", in CPU-seconds per second; "machine": what the
   whole machine used meanwhile, neighbours included; "waited": the time the sender, receiver
   and PostgreSQL processes were ready to run but found every core taken, per second
@@ -106,31 +107,44 @@ def _tcp_ports(pid: int) -> list[int]:
 class _Server:
     """PostgreSQL's and redis-server's CPU, the machine's, and the time spent waiting for a core.
 
-    PostgreSQL's: the backends serving the two workers (found by their client ports), and the
-    server's background processes (the WAL writer, the checkpointer), not the sessions of
-    whoever else uses the database.
+    PostgreSQL's: the backends serving the two workers, found by their client ports (not the
+    sessions of whoever else uses the server, nor its background processes); "listen" is the
+    part of it spent by those whose last statement was a LISTEN.
     """
 
     def __init__(self, conn: Any, sender: Worker, receiver: Worker) -> None:
         self._conn, self._workers = conn, (sender.pid, receiver.pid)
         self._meter: CpuMeter | None = None
-        self._start = (0.0, 0.0)
+        self._listeners: list[int] = []
+        self._start: dict[str, float] = {}
 
     async def begin(self) -> None:
         ports = [port for pid in self._workers for port in _tcp_ports(pid)]
-        sessions = f"client_port IN ({', '.join(map(str, ports))}) OR datname IS NULL" if ports else "false"
+        sessions = f"client_port IN ({', '.join(map(str, ports))})" if ports else "false"
         self._meter = CpuMeter(self._conn, self._workers, pg_sessions=sessions, this_process=False)
+        rows = await self._conn.fetch(
+            f"SELECT pid FROM pg_stat_activity WHERE ({sessions}) AND query ILIKE 'LISTEN%'"
+        )
+        self._listeners = [row["pid"] for row in rows]
         await self._meter.read()
-        self._start = (asyncio.get_running_loop().time(), _redis_server_cpu())
+        self._start = self._snapshot()
+
+    def _snapshot(self) -> dict[str, float]:
+        return {
+            "wall": asyncio.get_running_loop().time(),
+            "redis": _redis_server_cpu(),
+            "listen": sum(cpu_seconds(pid) or 0.0 for pid in self._listeners),
+        }
 
     async def end(self) -> dict[str, float]:
         if self._meter is None:
             raise RuntimeError("end() before begin()")
         cores = await self._meter.read()
-        wall = asyncio.get_running_loop().time() - self._start[0]
+        now = self._snapshot()
         return {
-            "postgres": (cores.get("pg_cores") or 0.0) * wall,
-            "redis": _redis_server_cpu() - self._start[1],
+            "postgres": (cores.get("pg_cores") or 0.0) * (now["wall"] - self._start["wall"]),
+            "listen": now["listen"] - self._start["listen"],
+            "redis": now["redis"] - self._start["redis"],
             "machine": cores.get("machine_cores") or 0.0,
             "waited": cores.get("cpu_wait") or 0.0,
         }
@@ -221,7 +235,9 @@ async def _main(args: argparse.Namespace) -> int:
         ("msg/s", "{:,.0f}", lambda r: r["rate"]),
         ("sent/s", "{:,.0f}", lambda r: r["sending"]),
         ("received/s", "{:,.0f}", lambda r: r["receiving"]),
-        *((party, "{:.3f}", partial(_per_message_ms, party=party)) for party in PARTIES),
+        *((party, "{:.3f}", partial(_per_message_ms, party=party)) for party in PARTIES[:3]),
+        ("of which listen", "{:.3f}", partial(_per_message_ms, party="listen")),
+        *((party, "{:.3f}", partial(_per_message_ms, party=party)) for party in PARTIES[3:]),
         ("total", "{:.3f}", _total_ms),
         ("cores", "{:.2f}", lambda r: _total_ms(r) * r["receiving"] / 1000),
         ("machine", "{:.2f}", lambda r: r["machine"]),
