@@ -9,11 +9,12 @@ layers that both sit a little above the same floor cannot be far apart in ratio.
 
 The cross-process floor, in msg/s, has the cross-process workload's shape with no layer: two
 worker processes (``bench.py --worker floor-receive`` / ``floor-send``) on one asyncpg
-connection each. The sender runs ``SEND_NOTIFY`` (one row in, and a ``pg_notify``, in one
-statement, as the layer's send does) ``count`` times, each awaited; the receiver takes the
-oldest row with ``CLAIM_ONE`` (``FOR UPDATE SKIP LOCKED``, as a queue shared by processes
-needs) until it finds none, then waits for the next ``NOTIFY`` on the same connection
-("listen"), or claims again at once without LISTEN ("poll"). Measured in the receiver from its
+connection each, with ``enable_seqscan=off`` as well (as the layer's). The sender runs
+``SEND_NOTIFY`` (one row in, and a ``pg_notify``, in one statement, as the layer's send does)
+``count`` times, each awaited; the receiver takes the oldest row with ``CLAIM_ONE`` (``FOR
+UPDATE SKIP LOCKED``, as a queue shared by processes needs) until it finds none, then waits
+for the next ``NOTIFY`` on the same connection ("listen"), or claims again at once without
+LISTEN ("poll"). Measured in the receiver from its
 first to its last message, as the workload is.
 """
 
@@ -156,9 +157,11 @@ async def cross_floor(pg_url: str, count: int = CROSS_MESSAGES) -> dict[str, flo
 
 
 async def _floor_connection() -> Any:
-    conn = await connect(worker_services()[0])
-    await conn.execute("SET synchronous_commit = off")
-    return conn
+    # Set as on the layer's connections. Without enable_seqscan=off, a claim planned while the
+    # table is empty (after a VACUUM) scans the table, and each of its dead rows, all run long.
+    return await connect(
+        worker_services()[0], server_settings={"synchronous_commit": "off", "enable_seqscan": "off"}
+    )
 
 
 async def floor_receive(params: dict[str, Any]) -> None:
