@@ -14,8 +14,8 @@ connection each, with ``enable_seqscan=off`` as well (as the layer's). The sende
 ``count`` times, each awaited; the receiver takes the oldest row with ``CLAIM_ONE`` (``FOR
 UPDATE SKIP LOCKED``, as a queue shared by processes needs) until it finds none, then waits
 for the next ``NOTIFY`` on the same connection ("listen"), or claims again at once without
-LISTEN ("poll"). Measured in the receiver from its
-first to its last message, as the workload is.
+LISTEN ("poll"). Measured in the receiver from its first to its last message, as the
+workload is.
 """
 
 from __future__ import annotations
