@@ -206,7 +206,7 @@ async def _run_one(variant: str, args: argparse.Namespace, conn: Any) -> dict[st
 
 
 def _per_message_ms(figures: Mapping[str, Any], party: str) -> float:
-    return float(figures[party]) / figures["messages"] * 1000
+    return float(figures[party]) / float(figures["messages"]) * 1000
 
 
 def _total_ms(figures: Mapping[str, Any]) -> float:
