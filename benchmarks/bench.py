@@ -58,7 +58,7 @@ WORKLOADS = {
 SHARDS = "shards"
 SUBCOMMANDS = (
     "scaling", "soak", "soak-faults", "isolation", "pgbouncer", "plan-drift", "stats-backlog",
-    "pool-checkout", "encode", "shards",
+    "pool-checkout", "encode", "shards", "cross-breakdown",
 )  # fmt: skip
 
 
@@ -143,6 +143,10 @@ def parse_compare(argv: list[str]) -> argparse.Namespace:
 WORKER_MODULES = {
     "cross-receive": "cross_process",
     "cross-send": "cross_process",
+    "floor-receive": "floors",
+    "floor-send": "floors",
+    "breakdown-receive": "cross_breakdown",
+    "breakdown-send": "cross_breakdown",
     "local-send": "other_process",
     "group-send": "other_process",
     "hops": "scaling_processes",

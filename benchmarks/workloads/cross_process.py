@@ -4,12 +4,16 @@ Two worker processes (``bench.py --worker cross-receive`` / ``cross-send``), eac
 layer on one shared prefix. The sender sends a warm-up message, then ``counts.cross_messages``
 sequential awaited sends; the receiver measures from its first to its last numbered message
 ((count - 1) / seconds), so process start-up and connection setup stay outside the clock.
+Given ``marks`` (message numbers; ``workloads/cross_breakdown.py`` does), each worker also says
+"mark" with its CPU time (``time.process_time()``) and the time (``time.monotonic()``) once
+that many messages are through.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from harness.compare import (
@@ -84,12 +88,12 @@ async def _in_worker(params: dict[str, Any], run: Any) -> None:
     spec = SPECS[params["layer"]]
     layer = spec.make(Services.in_worker(), params["prefix"])
     try:
-        await run(layer, params["channel"], params["count"], params["stall"])
+        await run(layer, params["channel"], params["count"], params["stall"], params.get("marks", ()))
     finally:
         await close_layer(spec.name, layer, params["stall"])
 
 
-async def _receive(layer: Any, channel: str, count: int, stall: float) -> None:
+async def _receive(layer: Any, channel: str, count: int, stall: float, marks: Sequence[int] = ()) -> None:
     tally = Tally()
     first = last = 0.0
     subscribed = asyncio.Event()
@@ -108,6 +112,8 @@ async def _receive(layer: Any, channel: str, count: int, stall: float) -> None:
                 continue
             last = time.perf_counter()
             first = first or last
+            if tally.received in marks:
+                emit(event="mark", cpu=time.process_time(), at=time.monotonic())
             if tally.received % 100 == 0:
                 emit(event="progress", received=tally.received)
 
@@ -136,9 +142,11 @@ async def _receive(layer: Any, channel: str, count: int, stall: float) -> None:
     emit(event="result", rate=rate, duplicates=tally.duplicates, misordered=tally.misordered)
 
 
-async def _send(layer: Any, channel: str, count: int, stall: float) -> None:
+async def _send(layer: Any, channel: str, count: int, stall: float, marks: Sequence[int] = ()) -> None:
     await asyncio.wait_for(layer.send(channel, {"type": WARMUP}), stall)
     for n in range(count):
+        if n in marks:
+            emit(event="mark", cpu=time.process_time(), at=time.monotonic())
         await asyncio.wait_for(layer.send(channel, message(n)), stall)
     emit(event="result", sent=count)
 
