@@ -7,6 +7,12 @@ On a plain asyncpg connection with ``synchronous_commit=off`` (our layer's defau
 call can cost). Each is the median of 5 rounds of 400 calls, after 50 not timed, in ms. Two
 layers that both sit a little above the same floor cannot be far apart in ratio.
 
+The fan-out floor, in deliveries/s, is the least a delivery into a receiving task costs in
+Python, with no layer and no server: FANOUT_MEMBERS tasks each awaiting ``get()`` on an
+``asyncio.Queue`` of its own, and each of FANOUT_SENDS "group_sends" putting the same message
+object into every queue (what channels_rabbitmq does once its one delivery per process has
+arrived); the median of 5 rounds.
+
 The cross-process floor, in msg/s, has the cross-process workload's shape with no layer: two
 worker processes (``bench.py --worker floor-receive`` / ``floor-send``) on one asyncpg
 connection each, with ``enable_seqscan=off`` as well (as the layer's). The sender runs
@@ -122,12 +128,44 @@ async def floors(pg_url: str, cross_messages: int = CROSS_MESSAGES) -> str:
         )
     except Exception as exc:
         cross = f"cross-process not measured ({type(exc).__name__}: {exc})"
+    fanout = await fanout_floor()
     return (
         f"floors (no layer): a round trip (SELECT 1) {round_trip:.2f} ms; INSERT then DELETE … RETURNING of "
         f"one row in the layer's table {send_receive:.2f} ms (the least a send plus a receive can cost); "
         f"async_to_sync of a coroutine that does nothing, from a plain thread {sync_call:.2f} ms "
-        f"(the least a sync call can cost); {cross}"
+        f"(the least a sync call can cost); fan-out to {FANOUT_MEMBERS} tasks through an asyncio.Queue each, "
+        f"no layer, no server {fanout:,.0f} deliveries/s (the least a delivery into a receive costs); {cross}"
     )
+
+
+# -- the fan-out floor ------------------------------------------------------------------------
+
+FANOUT_MEMBERS, FANOUT_SENDS = 200, 100
+
+
+async def fanout_floor() -> float:
+    """Deliveries/s of FANOUT_SENDS puts into FANOUT_MEMBERS queues, each drained by a task."""
+
+    async def round_of_sends() -> float:
+        queues: list[asyncio.Queue[dict[str, Any]]] = [asyncio.Queue() for _ in range(FANOUT_MEMBERS)]
+
+        async def member(queue: asyncio.Queue[dict[str, Any]]) -> None:
+            for _ in range(FANOUT_SENDS):
+                await queue.get()
+
+        members = [asyncio.create_task(member(queue)) for queue in queues]
+        await asyncio.sleep(0)  # every member waits in get() before the clock starts
+        started = time.perf_counter()
+        for n in range(FANOUT_SENDS):
+            sent = {"type": "bench.message", "n": n}
+            for queue in queues:
+                queue.put_nowait(sent)
+            await asyncio.sleep(0)  # one group_send after another, as the workload awaits each
+        await asyncio.gather(*members)
+        return FANOUT_MEMBERS * FANOUT_SENDS / (time.perf_counter() - started)
+
+    await round_of_sends()  # not counted
+    return statistics.median([await round_of_sends() for _ in range(5)])
 
 
 # -- the cross-process floor ------------------------------------------------------------------
