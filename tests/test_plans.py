@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +21,7 @@ from channel_layer_pg import migrate
 from channel_layer_pg.config import build_config
 from channel_layer_pg.store import statements
 from channel_layer_pg.store.db import create_engine
+from channel_layer_pg.store.schema import group_member, message
 from tests.conftest import connect
 
 TABLES = ("channel_layer_pg_message", "channel_layer_pg_group_member")
@@ -51,10 +53,18 @@ HOT_STATEMENTS: dict[str, tuple[Executable, dict[str, Any]]] = {
 
 @pytest.fixture
 async def analyzed_empty_url(empty_database_url: str) -> AsyncIterator[str]:
-    """A migrated database whose tables VACUUM ANALYZE has just recorded as empty, after use.
+    """A migrated database whose tables VACUUM ANALYZE has just recorded as empty, after use."""
+    async with _analyzed_after_use(empty_database_url) as url:
+        yield url
+
+
+@asynccontextmanager
+async def _analyzed_after_use(empty_database_url: str, *, backlog: bool = True) -> AsyncIterator[str]:
+    """analyzed_empty_url: tables VACUUM ANALYZE has just recorded as empty, after use.
 
     Rows were stored and deleted first, as delivered messages and left groups are: VACUUM
     keeps the index pages they took, and the planner weighs an index scan by its pages.
+    ``backlog``: then a short backlog in one queue and a group's members, else nothing.
     """
     migrate(empty_database_url)
     admin = await connect(empty_database_url)
@@ -71,21 +81,85 @@ async def analyzed_empty_url(empty_database_url: str) -> AsyncIterator[str]:
         )
         for table in TABLES:
             await admin.execute(f"DELETE FROM {table}")
-        # A short backlog in one queue, the only one ANALYZE will see, and members of a group.
-        await admin.execute(
-            "INSERT INTO channel_layer_pg_message (prefix, queue, channel, expires_at, payload) "
-            "SELECT 'p', 'q', 'q', now() + interval '1 hour', '' FROM generate_series(1, 100)"
-        )
-
-        await admin.execute(
-            "INSERT INTO channel_layer_pg_group_member (prefix, group_name, channel, expires_at) "
-            "SELECT 'p', 'g', 'member-' || n, now() + interval '1 hour' FROM generate_series(1, 100) AS n"
-        )
+        if backlog:
+            # A short backlog in one queue, the only one ANALYZE will see, and a group's members.
+            await admin.execute(
+                "INSERT INTO channel_layer_pg_message (prefix, queue, channel, expires_at, payload) "
+                "SELECT 'p', 'q', 'q', now() + interval '1 hour', '' FROM generate_series(1, 100)"
+            )
+            await admin.execute(
+                "INSERT INTO channel_layer_pg_group_member (prefix, group_name, channel, expires_at) "
+                "SELECT 'p', 'g', 'member-' || n, now() + interval '1 hour' FROM generate_series(1, 100) AS n"
+            )
         for table in TABLES:
             await admin.execute(f"VACUUM ANALYZE {table}")
     finally:
         await admin.close()
     yield empty_database_url
+
+
+@pytest.fixture(params=["backlog after use", "empty after use", "never used"])
+async def analyzed_url(request: pytest.FixtureRequest, empty_database_url: str) -> AsyncIterator[str]:
+    """analyzed_empty_url's tables; the same with no row left at all when VACUUM ANALYZE ran
+    (a queue table vacuumed while every message had been received); or tables that were
+    empty and never used, so that PostgreSQL knows nothing of their size, as on a new
+    installation. In each, every plan looks about as cheap as any other."""
+    if request.param != "never used":
+        backlog = request.param == "backlog after use"
+        async with _analyzed_after_use(empty_database_url, backlog=backlog) as url:
+            yield url
+        return
+    migrate(empty_database_url)
+    admin = await connect(empty_database_url)
+    try:
+        for table in TABLES:
+            await admin.execute(f"VACUUM ANALYZE {table}")
+    finally:
+        await admin.close()
+    yield empty_database_url
+
+
+def _leading_columns() -> dict[str, str]:
+    """Each index of the layer's tables, by name, and the first column it is sorted by."""
+    leading = {}
+    for table in (message, group_member):
+        leading[f"{table.name}_pkey"] = next(iter(table.primary_key.columns)).name
+        for index in table.indexes:
+            leading[str(index.name)] = next(iter(index.columns)).name
+    return leading
+
+
+def unbounded_index_scans(plan: str) -> list[str]:
+    """The index scans in ``plan`` that read an index from end to end.
+
+    A scan is bounded by an Index Cond on the index's first column, or by a Limit right above
+    it (the newest id, read backward from the primary key's end). Any other scan reads every
+    entry of its index, dead rows' entries included, and costs time in proportion to the
+    table: one with no Index Cond, or one whose Index Cond is on a later column only (the
+    ids, say, looked for in every queue of the (prefix, queue, id) index).
+    """
+    leading = _leading_columns()
+    lines = plan.splitlines()
+    unbounded = []
+    for number, line in enumerate(lines):
+        scan = re.search(r"Index (?:Only )?Scan (?:Backward )?using (\S+)", line)
+        if scan is None:
+            continue
+        depth = len(line) - len(line.lstrip(" ->"))
+        details = []
+        for detail in lines[number + 1 :]:
+            if "->" in detail or len(detail) - len(detail.lstrip()) <= depth:
+                break
+            details.append(detail)
+        parent = next(
+            (above for above in reversed(lines[:number]) if len(above) - len(above.lstrip(" ->")) < depth),
+            "",
+        )
+        first = leading.get(scan.group(1), "")
+        conditions = " ".join(detail for detail in details if "Index Cond:" in detail)
+        if not re.search(rf"\({first} ", conditions) and "Limit" not in parent:
+            unbounded.append(line.strip())
+    return unbounded
 
 
 async def plan_of_prepared(driver: Any, sql: str, arguments: list[Any], *, analyze: bool = False) -> str:
@@ -115,12 +189,10 @@ async def plan_of_prepared(driver: Any, sql: str, arguments: list[Any], *, analy
 
 
 @pytest.mark.parametrize("name", HOT_STATEMENTS)
-async def test_hot_statements_use_indexes_on_a_table_recorded_as_empty(
-    analyzed_empty_url: str, name: str
-) -> None:
+async def test_hot_statements_use_indexes_on_a_table_recorded_as_empty(analyzed_url: str, name: str) -> None:
     statement, parameters = HOT_STATEMENTS[name]
     # A connection opened as the layer opens its own.
-    engine, _ = create_engine(build_config({"url": analyzed_empty_url}), use_given_engine=False)
+    engine, _ = create_engine(build_config({"url": analyzed_url}), use_given_engine=False)
     try:
         connection = await engine.connect()
         driver = (await connection.get_raw_connection()).driver_connection
@@ -142,6 +214,8 @@ async def test_hot_statements_use_indexes_on_a_table_recorded_as_empty(
     # The prefix is the first column of every index a statement should use: a prefix in a
     # Filter means some index (the primary key, in id order) is walked from end to end.
     assert "Filter: ((prefix" not in plan, f"{name} walks an index, filtering by prefix:\n{plan}"
+    walked = unbounded_index_scans(plan)
+    assert not walked, f"{name} reads an index from end to end ({walked}):\n{plan}"
 
 
 @pytest.mark.parametrize(("queue", "looked_up"), [("empty", False), ("q", True)])

@@ -14,6 +14,7 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    literal_column,
     null,
     or_,
     select,
@@ -28,6 +29,24 @@ from ..schema import message
 
 if TYPE_CHECKING:
     pass
+
+
+# The physical address of a row version. A picked row is locked (FOR UPDATE) by the statement
+# that removes it, so its address cannot change between the pick and the removal.
+_ROW_ADDRESS = literal_column("ctid")
+
+
+def _among(addresses: Any) -> Any:
+    """The rows at ``addresses`` (a SELECT of picked rows' addresses): a TID scan, always.
+
+    Joined to the picked rows on ``id``, or looked up by their ids, a table that VACUUM
+    ANALYZE recorded as empty got a plan that reads a whole index for them (the primary
+    key, in id order for the join, dead rows' entries included), so that each claim cost
+    more with every message received until the next VACUUM. With no join and no condition
+    an index could serve, the addresses as one array, computed once from the pick, leave
+    the planner a TID scan (or the sequential scan the layer's sessions rule out).
+    """
+    return _ROW_ADDRESS == any_(func.array(addresses.scalar_subquery()))
 
 
 def _build_claim() -> CompoundSelect[Any]:
@@ -51,7 +70,9 @@ def _build_claim() -> CompoundSelect[Any]:
     not_waiting = select(member).except_(select(waiting_member)).scalar_subquery()
     remaining = case((message.c.recipients.is_(None), null()), else_=func.array(not_waiting))
     picked = (
-        select(message.c.id, message.c.recipients, remaining.label("remaining"))
+        select(
+            message.c.id, _ROW_ADDRESS.label("address"), message.c.recipients, remaining.label("remaining")
+        )
         .where(
             message.c.prefix == sql.prefix,
             message.c.queue == bindparam("queue", type_=Text),
@@ -67,15 +88,22 @@ def _build_claim() -> CompoundSelect[Any]:
         .cte("picked")
     )
     delivered_all = or_(picked.c.recipients.is_(None), func.cardinality(picked.c.remaining) == 0)
-    columns = (message.c.id, message.c.channel, picked.c.recipients, message.c.expires_at, message.c.payload)
+    fields = (message.c.id, message.c.channel, message.c.expires_at, message.c.payload)
     deleted = (
-        delete(message).where(message.c.id == picked.c.id, delivered_all).returning(*columns).cte("deleted")
+        delete(message)
+        .where(_among(select(picked.c.address).where(delivered_all)))
+        .returning(*fields, message.c.recipients)
+        .cte("deleted")
     )
+    # Looked up by id in the picked rows (a handful), not joined: see _among.
+    of_this_row = picked.c.id == message.c.id
     updated = (
         update(message)
-        .where(message.c.id == picked.c.id, ~delivered_all)
-        .values(recipients=picked.c.remaining)
-        .returning(*columns)
+        .where(_among(select(picked.c.address).where(~delivered_all)))
+        .values(recipients=select(picked.c.remaining).where(of_this_row).scalar_subquery())
+        .returning(
+            *fields, select(picked.c.recipients).where(of_this_row).scalar_subquery().label("recipients")
+        )
         .cte("updated")
     )
     return union_all(select(deleted), select(updated))
@@ -93,7 +121,7 @@ def _build_claim_channel() -> ReturningDelete[Any]:
     took 306 (one run, same backlog).
     """
     picked = (
-        select(message.c.id)
+        select(message.c.id, _ROW_ADDRESS.label("address"))
         .where(
             message.c.prefix == sql.prefix,
             message.c.queue == bindparam("queue", type_=Text),
@@ -105,7 +133,7 @@ def _build_claim_channel() -> ReturningDelete[Any]:
         .cte("picked")
     )
     columns = (message.c.id, message.c.channel, message.c.recipients, message.c.expires_at, message.c.payload)
-    return delete(message).where(message.c.id == picked.c.id).returning(*columns)
+    return delete(message).where(_among(select(picked.c.address))).returning(*columns)
 
 
 CLAIM_CHANNEL = _build_claim_channel()
