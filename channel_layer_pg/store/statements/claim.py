@@ -23,6 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.dml import ReturningDelete
+from sqlalchemy.sql.elements import ColumnClause
 
 from .. import sql
 from ..schema import message
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 # The physical address of a row version. A picked row is locked (FOR UPDATE) by the statement
 # that removes it, so its address cannot change between the pick and the removal.
-_ROW_ADDRESS = literal_column("ctid")
+_ROW_ADDRESS: ColumnClause[Any] = literal_column("ctid")
 
 
 def _among(addresses: Any) -> Any:
