@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -27,10 +27,6 @@ from sqlalchemy.sql.elements import ColumnClause
 
 from .. import sql
 from ..schema import message
-
-if TYPE_CHECKING:
-    pass
-
 
 # The physical address of a row version. A picked row is locked (FOR UPDATE) by the statement
 # that removes it, so its address cannot change between the pick and the removal.
