@@ -111,9 +111,7 @@ def id_span(queue: Any, *, correlate: Any = None) -> Any:
     if correlate is not None:
         oldest_row = oldest_row.correlate(correlate)
     oldest = oldest_row.subquery("oldest")
-    # Read backward from the primary key's end. Not max(id): on a table VACUUM ANALYZE
-    # recorded as empty, max() may be planned as a read of a whole index.
-    newest = select(message.c.id).order_by(message.c.id.desc()).limit(1).scalar_subquery()
+    newest = select(func.max(message.c.id)).scalar_subquery()
     span = select(case((oldest.c.id.is_(None), literal_column("0")), else_=newest - oldest.c.id + 1))
     if correlate is not None:
         span = span.correlate(correlate)
