@@ -115,3 +115,33 @@ async def test_a_message_sent_in_process_while_the_receive_claims_reaches_it(
     await layer.send(channel, {"type": "sent during the claim"})
     faults.release.set()
     assert await asyncio.wait_for(receiving, TIMEOUT) == {"type": "sent during the claim"}
+
+
+class SignalAfterEmptyClaims(FaultHooks):
+    """Sets ``waiting`` once ``count`` claims have found nothing, with the poll an hour away."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(poll_interval=3600.0)
+        self.waiting = asyncio.Event()
+        self._left = count
+
+    async def after_statement(self, name: str, parameters: Mapping[str, Any], result: Any) -> None:
+        if name in CLAIMS and not result:
+            self._left -= 1
+            if self._left == 0:
+                self.waiting.set()
+
+
+async def test_a_group_send_in_process_reaches_waiting_receives_of_every_channel_prefix(
+    make_layer: LayerFactory,
+) -> None:
+    # Each receive's own claim finds nothing, then its reader's: both receives wait in readers.
+    faults = SignalAfterEmptyClaims(4)
+    layer = make_layer(fault_hooks=faults)
+    channels = [await layer.new_channel("specific"), await layer.new_channel("other")]
+    for channel in channels:
+        await layer.group_add("room", channel)
+    receiving = [asyncio.create_task(layer.receive(channel)) for channel in channels]
+    await asyncio.wait_for(faults.waiting.wait(), TIMEOUT)
+    await layer.group_send("room", {"type": "to both"})
+    assert await asyncio.wait_for(asyncio.gather(*receiving), TIMEOUT) == [{"type": "to both"}] * 2
