@@ -366,8 +366,13 @@ class PostgresChannelLayer(ChannelsInterface):
             row = Claimed(0, channel, expires_at, payload)
             delivered += self._buffer.offer(row, self._config.capacity_for(channel))
         if delivered:
-            # All of them are this instance's queue.
-            self._wake_readers(non_local_name(channels[0]), channels)
+            # One queue per new_channel() prefix ("specific.<id>!", "other.<id>!"): a group's
+            # members here may span several, each with a reader of its own to wake.
+            by_queue: dict[str, list[str]] = {}
+            for channel in channels:
+                by_queue.setdefault(non_local_name(channel), []).append(channel)
+            for queue, its_channels in by_queue.items():
+                self._wake_readers(queue, its_channels)
         return delivered
 
     def _wake_readers(self, queue: str, channels: Sequence[str] | None = None) -> None:

@@ -8,11 +8,14 @@ every other message does: in order, bounded by capacity, expiring, flushed, acro
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any
 
 from asgiref.sync import async_to_sync
 
 from channel_layer_pg import PostgresChannelLayer
-from tests.helpers import TIMEOUT, LayerFactory, Sql, nothing_arrives, receive
+from channel_layer_pg.faults import FaultHooks
+from tests.helpers import CLAIMS, TIMEOUT, LayerFactory, Sql, nothing_arrives, receive
 
 
 async def rows_under(sql: Sql, layer: PostgresChannelLayer) -> int:
@@ -84,3 +87,61 @@ async def test_a_sync_caller_reaches_a_receive_on_the_main_loop(layer: PostgresC
     receiving = asyncio.create_task(layer.receive(channel))
     await asyncio.to_thread(async_to_sync(layer.send), channel, {"type": "from a view"})
     assert await asyncio.wait_for(receiving, TIMEOUT) == {"type": "from a view"}
+
+
+class HoldFirstClaim(FaultHooks):
+    """Holds the first claim back until ``release`` is set, with ``claiming`` set meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__(poll_interval=3600.0)  # a lost wake-up then shows as a hang, not a poll
+        self.claiming = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def before_statement(self, name: str, parameters: Mapping[str, Any]) -> None:
+        if name in CLAIMS and not self.claiming.is_set():
+            self.claiming.set()
+            await self.release.wait()
+
+
+async def test_a_message_sent_in_process_while_the_receive_claims_reaches_it(
+    make_layer: LayerFactory,
+) -> None:
+    faults = HoldFirstClaim()
+    layer = make_layer(fault_hooks=faults)
+    channel = await layer.new_channel()
+    receiving = asyncio.create_task(layer.receive(channel))
+    # The receive claims in the table and is not waiting yet: the message finds nobody to hand it to.
+    await asyncio.wait_for(faults.claiming.wait(), TIMEOUT)
+    await layer.send(channel, {"type": "sent during the claim"})
+    faults.release.set()
+    assert await asyncio.wait_for(receiving, TIMEOUT) == {"type": "sent during the claim"}
+
+
+class SignalAfterEmptyClaims(FaultHooks):
+    """Sets ``waiting`` once ``count`` claims have found nothing, with the poll an hour away."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(poll_interval=3600.0)
+        self.waiting = asyncio.Event()
+        self._left = count
+
+    async def after_statement(self, name: str, parameters: Mapping[str, Any], result: Any) -> None:
+        if name in CLAIMS and not result:
+            self._left -= 1
+            if self._left == 0:
+                self.waiting.set()
+
+
+async def test_a_group_send_in_process_reaches_waiting_receives_of_every_channel_prefix(
+    make_layer: LayerFactory,
+) -> None:
+    # Each receive's own claim finds nothing, then its reader's: both receives wait in readers.
+    faults = SignalAfterEmptyClaims(4)
+    layer = make_layer(fault_hooks=faults)
+    channels = [await layer.new_channel("specific"), await layer.new_channel("other")]
+    for channel in channels:
+        await layer.group_add("room", channel)
+    receiving = [asyncio.create_task(layer.receive(channel)) for channel in channels]
+    await asyncio.wait_for(faults.waiting.wait(), TIMEOUT)
+    await layer.group_send("room", {"type": "to both"})
+    assert await asyncio.wait_for(asyncio.gather(*receiving), TIMEOUT) == [{"type": "to both"}] * 2

@@ -1,10 +1,11 @@
 """Receiving from one queue on one event loop: waiting receivers and a claim loop.
 
 A queue is a normal channel, or the non-local part of this layer's process-local channels
-("specific.abc!"), so every process-local channel of a layer is served by one reader and one
-claiming statement. Rows are claimed only for channels that have a receiver waiting, at most
-as many as there are waiters, so the shared buffer holds only what a cancelled receiver left
-behind or the few rows a batch claimed beyond its channel's waiters.
+("specific.abc!"), so every process-local channel a layer made with one new_channel() prefix
+is served by one reader and one claiming statement. Rows are claimed only for channels that
+have a receiver waiting, at most as many as there are waiters, so the shared buffer holds only
+what a cancelled receiver left behind or the few rows a batch claimed beyond its channel's
+waiters.
 """
 
 from __future__ import annotations

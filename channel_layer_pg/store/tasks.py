@@ -1,4 +1,4 @@
-"""Starting the task that carries one statement or claim past a cancel of its caller."""
+"""Starting the tasks that carry a statement, an inline claim or an I/O-thread call."""
 
 from __future__ import annotations
 
@@ -16,7 +16,13 @@ def start_task(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T
     Eagerly started, the coroutine runs in the caller's turn of the loop up to its first real
     wait (the statement written to the socket) instead of a turn later: one turn fewer per
     statement, which is a few per cent of a send→receive round trip (instructions counted in
-    docs/benchmarks.md, "Where latency goes"). The task still outlives a cancel of the caller.
+    docs/benchmarks.md, "Where latency goes"). Only the moment of that first step changes:
+    a statement's or claim's task still outlives a cancel of its caller, and an I/O-thread
+    call is still cancelled with its caller (IoThread.run).
+
+    ``loop`` must be the loop running in the calling thread: Python 3.12 and 3.13 start a task
+    eagerly on any running loop, so from another thread the first step would run there, with
+    that loop's current task swapped under it (CPython issue 155338).
     """
     if sys.version_info >= (3, 12):
         return asyncio.Task(coroutine, loop=loop, eager_start=True)
