@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 from .errors import LayerClosedError
-from .store.tasks import start_task
+from .tasks import start_task
 
 T = TypeVar("T")
 

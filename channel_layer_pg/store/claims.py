@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from ..errors import DatabaseUnreachableError, StatementRejectedError
 from ..faults import FaultHooks
 from ..local import Claimed, ClaimedBuffer, Waiters, Wakeup
+from ..tasks import start_task
 from .backoff import Backoff
 from .known_empty import KnownEmpty
 from .listener import Listener, NotificationsNotDelivered
-from .tasks import start_task
 
 logger = logging.getLogger("channel_layer_pg.claims")
 

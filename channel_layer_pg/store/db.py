@@ -16,12 +16,12 @@ from sqlalchemy.sql.base import Executable
 
 from ..config import LayerConfig
 from ..errors import DatabaseReadOnlyError, DatabaseUnreachableError
+from ..tasks import start_task
 from . import health, statements, stats
 from .backoff import Backoff
 from .driver_errors import retryable, translated_errors, unreachable
 from .pool import Held, HeldConnections
 from .schema import schema_translation
-from .tasks import start_task
 
 T = TypeVar("T")
 

@@ -22,7 +22,7 @@ def start_task(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T
 
     ``loop`` must be the loop running in the calling thread: Python 3.12 and 3.13 start a task
     eagerly on any running loop, so from another thread the first step would run there, with
-    that loop's current task swapped under it (CPython issue 155338).
+    that loop's current task swapped under it.
     """
     if sys.version_info >= (3, 12):
         return asyncio.Task(coroutine, loop=loop, eager_start=True)
